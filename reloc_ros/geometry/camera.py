@@ -174,9 +174,29 @@ class Camera:
         uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
         if not self.is_distorted:
             return (uv - [self.cx, self.cy]) / [self.fx, self.fy]
-        out = cv2.undistortPointsIter(uv[:, None], self.K, self.dist, None, None,
-                                      (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 40, 1e-12))
-        return out[:, 0].astype(np.float64)
+        xd = (uv - [self.cx, self.cy]) / [self.fx, self.fy]
+        return self._undistort_normalized(xd)
+
+    def _undistort_normalized(self, xd: np.ndarray, iterations: int = 20) -> np.ndarray:
+        """Invert the plumb_bob model by Newton's method on (x, y) with the analytic 2×2 Jacobian."""
+        k1, k2, p1, p2, k3 = self.dist
+        x = xd.copy()
+        for _ in range(iterations):
+            u, v = x[:, 0], x[:, 1]
+            r2 = u * u + v * v
+            rad = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
+            drad = k1 + 2 * k2 * r2 + 3 * k3 * r2 ** 2  # d rad / d r2
+            f = self._distort(x) - xd
+            a = rad + 2 * u * u * drad + 2 * p1 * v + 6 * p2 * u
+            b = 2 * u * v * drad + 2 * p1 * u + 2 * p2 * v
+            d = rad + 2 * v * v * drad + 6 * p1 * v + 2 * p2 * u
+            det = a * d - b * b
+            det = np.where(np.abs(det) < 1e-12, 1e-12, det)
+            step = np.stack([(d * f[:, 0] - b * f[:, 1]) / det, (a * f[:, 1] - b * f[:, 0]) / det], -1)
+            x = x - step
+            if np.abs(step).max() < 1e-14:
+                break
+        return x
 
     def undistort_points(self, uv: np.ndarray) -> np.ndarray:
         """(N, 2) distorted pixels -> (N, 2) pixels of the ideal pinhole camera with the same ``K``."""

@@ -1,0 +1,150 @@
+"""``reloc-eval``: localize every query image of a dataset with a map, offline (no ROS), and report accuracy/latency.
+
+    reloc-eval --map MAP --dataset PATH [--frames LIST] [--intrinsics FILE] [--refine] [--device D] [--limit N]
+               --json OUT [--plots DIR] [--tum DIR]
+
+``--frames`` defaults to ``query.txt`` in the dataset folder when it exists (all frames otherwise).
+JSON keys (the stable contract): n_queries, n_failed, median_translation_m, median_rotation_deg, recall_2cm_2deg,
+recall_5cm_5deg, recall_10cm_5deg, latency_ms_median, latency_ms_p95 (Localizer.localize wall time, image already
+decoded), latency_stage_ms_median (per stage), map_bytes (map + reference model), front_end, refine, device,
+nees_inside_95 / nees_position_inside_95 (covariance consistency of the successful queries), machine, per_query.
+Python: ``evaluate(map_path, dataset, refine=False, ...) -> dict``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..metrics import pose_error, summarize_errors
+from .consistency import nees_inside_fraction, pose_error_vector
+from .report import format_table, latency_stats, machine_info, map_bytes, write_json, write_tum
+
+__all__ = ["evaluate", "main"]
+
+
+def _open(dataset, frames, intrinsics):
+    if not isinstance(dataset, (str, Path)):
+        return dataset
+    from ..datasets import open_dataset
+    root = Path(dataset)
+    if frames is None and (root / "query.txt").is_file():
+        frames = str(root / "query.txt")
+    return open_dataset(root, frames=frames, intrinsics=intrinsics)
+
+
+def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frames=None, intrinsics=None,
+             limit: int | None = None, localizer=None, plots_dir=None, tum_dir=None, progress: bool = True,
+             front_end_options: dict | None = None, refiner_options: dict | None = None) -> dict:
+    """Localize the queries of ``dataset`` (a path or a ``Dataset``) with the map at ``map_path``.
+
+    Returns the reloc-eval dict (see the module docstring). Frames without a ground-truth pose are an error.
+    ``limit`` takes that many queries evenly spread over the sequence (not the first N, which would all be
+    neighbours). ``localizer`` reuses an already loaded ``Localizer`` (map loading is not timed).
+    """
+    from ..localizer import Localizer
+
+    ds = _open(dataset, frames, intrinsics)
+    if len(ds) == 0:
+        raise ValueError("the dataset selection has no frames")
+    indices = np.arange(len(ds))
+    if limit is not None and 0 < limit < len(ds):
+        indices = np.unique(np.linspace(0, len(ds) - 1, limit).round().astype(int))
+    t_load = time.perf_counter()
+    if localizer is None:
+        localizer = Localizer.from_map(map_path, device=device, refine=refine, front_end_options=front_end_options,
+                                       refiner_options=refiner_options)
+    load_s = time.perf_counter() - t_load
+
+    per_query, t_errs, r_errs, lat, stages = [], [], [], [], {}
+    err_vecs, covs, est_stamps, est_poses, gt_poses = [], [], [], [], []
+    for k, i in enumerate(tqdm(indices, desc="reloc-eval", unit="query", disable=not progress)):
+        frame = ds[int(i)]
+        if frame.T_world_cam is None:
+            raise ValueError(f"frame {frame.name} has no ground-truth pose: cannot evaluate it")
+        t0 = time.perf_counter()
+        res = localizer.localize(frame.image, frame.camera)
+        wall_ms = (time.perf_counter() - t0) * 1e3
+        T = res.T_world_cam if res.success else None
+        te, re = pose_error(T, frame.T_world_cam)
+        t_errs.append(te)
+        r_errs.append(re)
+        lat.append(res.timings_ms.get("total", wall_ms))
+        for s, v in res.timings_ms.items():
+            stages.setdefault(s, []).append(v)
+        stamp = frame.stamp_ns if frame.stamp_ns is not None else k * 100_000_000
+        gt_poses.append(frame.T_world_cam)
+        if T is not None:
+            est_stamps.append(stamp)
+            est_poses.append(T)
+            if res.covariance is not None:
+                err_vecs.append(pose_error_vector(T, frame.T_world_cam))
+                covs.append(res.covariance)
+        per_query.append({"name": frame.name, "stamp_ns": stamp, "success": bool(res.success),
+                          "reason": res.reason, "t_err_m": te, "r_err_deg": re,
+                          "confidence": float(res.confidence), "inlier_count": int(res.inlier_count),
+                          "latency_ms": lat[-1],
+                          "refinement_accepted": bool(res.refinement.accepted) if res.refinement else None,
+                          "T_world_cam": None if T is None else np.asarray(T).tolist()})
+
+    out = summarize_errors(t_errs, r_errs)
+    out.update(latency_stats(lat))
+    out["latency_stage_ms_median"] = {s: float(np.median(v)) for s, v in stages.items()}
+    out["map"] = str(map_path) if map_path is not None else None
+    out["map_bytes"] = map_bytes(map_path) if map_path is not None else None
+    out["map_load_s"] = load_s
+    out["front_end"] = localizer.front_end_name
+    out["refine"] = bool(localizer.refine)
+    out["device"] = device
+    out["nees_inside_95"] = nees_inside_fraction(err_vecs, covs) if covs else float("nan")
+    out["nees_position_inside_95"] = nees_inside_fraction(err_vecs, covs, position_only=True) if covs else float("nan")
+    out["dataset"] = str(getattr(ds, "root", "") or dataset)
+    out["machine"] = machine_info()
+    out["per_query"] = per_query
+
+    if plots_dir is not None:
+        from .plots import plot_all
+        gt_stamps = np.array([q["stamp_ns"] for q in per_query], dtype=np.int64)
+        out["plots"] = plot_all(plots_dir, gt_stamps, np.array(gt_poses), np.array(est_stamps, dtype=np.int64),
+                                np.array(est_poses).reshape(-1, 4, 4), gt_stamps, np.array(t_errs), np.array(r_errs),
+                                np.array(lat), title=f"{out['front_end']}{' + refine' if out['refine'] else ''}")
+    if tum_dir is not None:
+        tum_dir = Path(tum_dir)
+        write_tum(tum_dir / "groundtruth.tum", [q["stamp_ns"] for q in per_query], gt_poses)
+        write_tum(tum_dir / "estimate.tum", est_stamps, est_poses)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="reloc-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--map", required=True, type=Path, help="map file (reloc-map output)")
+    p.add_argument("--dataset", required=True, type=Path, help="dataset folder with ground-truth poses")
+    p.add_argument("--frames", help="frame-list file (default: query.txt in the dataset folder if present)")
+    p.add_argument("--intrinsics", type=Path, help="3x3 K file (default: the dataset's own)")
+    p.add_argument("--refine", action="store_true", help="run the featuremetric refinement (needs <map>.ref)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--limit", type=int, help="evaluate N queries spread evenly over the selection")
+    p.add_argument("--json", required=True, type=Path, help="where to write the results JSON")
+    p.add_argument("--plots", type=Path, help="folder for PNG plots (trajectory, errors, CDF, latency)")
+    p.add_argument("--tum", type=Path, help="folder for TUM trajectory files (groundtruth.tum, estimate.tum)")
+    args = p.parse_args(argv)
+    try:
+        res = evaluate(args.map, args.dataset, refine=args.refine, device=args.device, frames=args.frames,
+                       intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"reloc-eval: error: {e}", file=sys.stderr)
+        return 2
+    write_json(args.json, res)
+    print(format_table(res, title=f"reloc-eval: {res['front_end']}{' + refinement' if res['refine'] else ''} on "
+                                  f"{res['dataset']} ({res['device']})"))
+    print(f"results: {args.json}" + (f"  plots: {args.plots}" if args.plots else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

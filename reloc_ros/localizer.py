@@ -1,0 +1,120 @@
+"""``Localizer``: one image + its camera → ``T_world_cam`` with covariance, via a front end and optional refinement.
+
+The one entry point used by the ROS node, the evaluation tools and Python users::
+
+    loc = Localizer.from_map("kitchen.map.safetensors", device="cpu", refine=True)
+    result = loc.localize(image_rgb, Camera.from_camera_info(info))
+    if result.success: T_world_cam = result.T_world_cam
+
+The front end is named in the map file's metadata; the refinement reference model is read from
+``map_file.reference_path(map)`` unless given.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .frontends.base import LocalizationResult, RefinementInfo, front_end_class
+from .geometry.camera import Camera
+from .map_file import MapFileError, load_map, reference_path
+
+__all__ = ["Localizer", "InputImageError"]
+
+
+class InputImageError(ValueError):
+    """An image that cannot be localized as given (wrong dtype/shape, size different from the camera's)."""
+
+
+def check_image(image: np.ndarray, camera: Camera) -> None:
+    """Raise ``InputImageError`` unless ``image`` is (H, W, 3) uint8 with (W, H) equal to the camera's size."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise InputImageError(f"expected an (H, W, 3) uint8 RGB image, got {desc}")
+    h, w = image.shape[:2]
+    if (w, h) != (camera.width, camera.height):
+        raise InputImageError(f"image is {w}x{h} but the camera intrinsics are for {camera.width}x{camera.height}")
+
+
+class Localizer:
+    """A loaded map (front end) and, optionally, the featuremetric refiner of its reference model."""
+
+    def __init__(self, front_end, refiner=None, map_path: str | Path | None = None, metadata: dict | None = None):
+        self.front_end = front_end
+        self.refiner = refiner
+        self.map_path = Path(map_path) if map_path is not None else None
+        self.metadata = metadata or {}
+
+    @property
+    def front_end_name(self) -> str:
+        return self.front_end.name
+
+    @property
+    def refine(self) -> bool:
+        return self.refiner is not None
+
+    @classmethod
+    def from_map(cls, map_path: str | Path, device: str = "cpu", refine: bool = False,
+                 reference: str | Path | None = None, front_end_options: dict | None = None,
+                 refiner_options: dict | None = None) -> "Localizer":
+        """Load a map file (and its reference model when ``refine``). Raises ``MapFileError`` with the reason."""
+        tensors, meta = load_map(map_path, device="cpu", kind="map")
+        cls_ = front_end_class(meta["front_end"])
+        front_end = cls_.from_map(tensors, meta, device=device, **(front_end_options or {}))
+        refiner = None
+        if refine:
+            ref = Path(reference) if reference is not None else reference_path(map_path)
+            if not ref.is_file():
+                raise MapFileError(f"{ref}: refinement was requested but the map has no reference model there "
+                                   "(re-run reloc-map without --no-reference, or pass reference=...)")
+            from .refinement import FeaturemetricRefiner
+            refiner = FeaturemetricRefiner.from_reference(ref, device=device, **(refiner_options or {}))
+        return cls(front_end, refiner, map_path, meta)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def localize(self, image: np.ndarray, camera: Camera, prior_T_world_cam: np.ndarray | None = None
+                 ) -> LocalizationResult:
+        """Front end, then refinement of its pose when enabled. When the front end fails and a prior pose is
+        given (e.g. from /initialpose), the refiner starts from the prior instead."""
+        t0 = time.perf_counter()
+        check_image(image, camera)
+        camera.validate()
+        result = self.front_end.localize(image, camera)
+        if self.refiner is not None:
+            start = result.T_world_cam if result.success else prior_T_world_cam
+            if start is not None:
+                self._apply_refinement(result, image, camera, start)
+        result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    def refine_from_prior(self, image: np.ndarray, camera: Camera, T_world_cam_prior: np.ndarray
+                          ) -> LocalizationResult:
+        """Refine a user-given pose (no front end). Needs a localizer loaded with ``refine=True``."""
+        if self.refiner is None:
+            raise RuntimeError("refine_from_prior needs a Localizer loaded with refine=True")
+        t0 = time.perf_counter()
+        check_image(image, camera)
+        result = LocalizationResult(False, None, None, 0.0, "prior", reason="refinement_rejected")
+        self._apply_refinement(result, image, camera, np.asarray(T_world_cam_prior, dtype=np.float64))
+        result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    def _apply_refinement(self, result: LocalizationResult, image, camera, T_start) -> None:
+        t0 = time.perf_counter()
+        r = self.refiner.refine(image, camera, T_start)
+        result.timings_ms["refinement"] = (time.perf_counter() - t0) * 1e3
+        accepted = bool(getattr(r, "accepted", getattr(r, "success", False)))
+        result.refinement = RefinementInfo(ran=True, accepted=accepted, iterations=int(r.iterations),
+                                           cost_initial=float(r.cost_initial), cost_final=float(r.cost_final),
+                                           reason=str(r.reason))
+        if accepted:
+            result.T_world_cam = r.T_world_cam
+            if r.covariance is not None:
+                result.covariance = r.covariance
+            if not result.success:  # a refined prior: a pose, with the refinement's own confidence
+                result.success = True
+                result.reason = "ok"
+                result.confidence = float(getattr(r, "confidence", 0.5))
+        elif result.front_end == "prior":
+            result.reason = "refinement_rejected"

@@ -1,0 +1,270 @@
+"""The featuremetric reference model: 3D points of the mapping images with their multi-level features.
+
+Built by mapping from posed RGB-D frames: pixels with strong image gradient are picked on a grid in each (every
+``image_stride``-th) mapping image, back-projected with the depth registered to the colour camera, and described by
+XFeat features (``features.py``) at several levels, PCA-reduced per level and L2-normalised, stored as fp16.
+
+Depth registration: a frame whose ``depth_camera`` equals its colour ``camera`` and whose ``T_cam_depth`` is
+identity or None is used as is; a frame with a known ``T_cam_depth`` is registered by forward-projecting its depth
+into the colour camera (z-buffered). Unregistered depth (``T_cam_depth is None`` with a different depth camera, as in
+raw 7-Scenes) is an error unless ``conf["unregistered_depth"] == "identity"``, which assumes an identity extrinsic
+between the depth and colour cameras (the DSAC*-style approximation for 7-Scenes: depth K 585, RGB K 525).
+
+File (``map_file.save_map(..., kind="reference")``, next to the map at ``map_file.reference_path``) tensors:
+``points_xyz`` (P, 3) float32 world (m); ``points_uv`` (P, 2) float32 pixel of each point in its image;
+``points_image`` (P,) int32 index of its reference image (points grouped by image, ``image_offsets`` (M+1,) int64);
+``image_poses`` (M, 4, 4) float64 ``T_world_cam``; per level ``feat_<lv>`` (P, D) float16,
+``pca_mean_<lv>`` (C,) and ``pca_proj_<lv>`` (C, D) float32. Metadata: ``levels``, ``strides``, ``dims``,
+``image_names``, ``camera`` (CameraInfo-shaped), ``conf``, ``features: "xfeat"``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..geometry.camera import Camera
+from ..map_file import load_map, save_map
+from .features import LEVELS, XFeatPyramid, image_to_tensor, pixel_to_level, reduce_and_normalize, sample_bilinear
+
+__all__ = ["DEFAULT_CONF", "build_reference", "load_reference", "ReferenceModel", "ReferenceBuildError",
+           "registered_depth"]
+
+DEFAULT_CONF = {
+    "levels": ["fused", "x2", "b1"],        # coarse to fine
+    "dims": {"fused": 32, "x2": 16, "b1": 8},  # PCA output channels per level (<= the level's channels)
+    "points_per_image": 256,
+    "cell_px": 8,                # one candidate (the strongest gradient) per cell of this size
+    "min_gradient": 8.0,         # Sobel magnitude (grey levels / px) below which a pixel is not a candidate
+    "image_stride": 1,           # use every k-th mapping frame
+    "depth_min_m": 0.1,
+    "depth_max_m": 10.0,
+    "depth_edge_m": 0.05,        # reject pixels whose 3x3 depth neighbourhood spans more than this (occlusion edges)
+    "unregistered_depth": "error",  # or "identity" (see module docstring)
+    "pca_images": 40,            # images whose dense features fit the PCA
+    "pca_samples": 30000,
+    "seed": 0,
+}
+
+
+class ReferenceBuildError(ValueError):
+    """The dataset cannot give a reference model (no poses, no depth, unregistered depth, no points)."""
+
+
+def _same_camera(a: Camera, b: Camera) -> bool:
+    return a.size == b.size and np.allclose(a.K, b.K) and np.allclose(a.dist, b.dist)
+
+
+def registered_depth(frame, unregistered: str = "error") -> np.ndarray:
+    """Depth (H, W) float32 metres in the colour camera of ``frame`` (0 = invalid)."""
+    if frame.depth is None:
+        raise ReferenceBuildError(f"{frame.name}: the frame has no depth; the reference model needs RGB-D frames")
+    cam = frame.camera
+    dcam = frame.depth_camera if frame.depth_camera is not None else cam
+    T = frame.T_cam_depth
+    if T is None:
+        if _same_camera(dcam, cam):
+            return frame.depth.astype(np.float32)
+        if unregistered != "identity":
+            raise ReferenceBuildError(
+                f"{frame.name}: depth is not registered to the colour camera (T_cam_depth is None); pass "
+                "conf unregistered_depth='identity' to assume an identity depth-to-colour extrinsic (7-Scenes)")
+        T = np.eye(4)
+    if _same_camera(dcam, cam) and np.allclose(T, np.eye(4)):
+        return frame.depth.astype(np.float32)
+    d = frame.depth
+    v, u = np.nonzero(d > 0)
+    X = dcam.backproject(np.stack([u, v], -1).astype(np.float64), d[v, u])
+    X = X @ T[:3, :3].T + T[:3, 3]
+    uv, ok = cam.project(X)
+    px = np.round(uv).astype(np.int64)
+    ok &= (px[:, 0] >= 0) & (px[:, 0] < cam.width) & (px[:, 1] >= 0) & (px[:, 1] < cam.height)
+    z = X[ok, 2].astype(np.float32)
+    px = px[ok]
+    out = np.full((cam.height, cam.width), np.inf, np.float32)
+    np.minimum.at(out, (px[:, 1], px[:, 0]), z)
+    out[~np.isfinite(out)] = 0
+    return out
+
+
+def _select_pixels(image: np.ndarray, depth: np.ndarray, conf: dict) -> np.ndarray:
+    """(K, 2) integer pixels: the strongest-gradient pixel of each cell with valid, non-edge depth, best first."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3) / 8
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3) / 8
+    g = np.sqrt(gx * gx + gy * gy)
+    dmin, dmax = conf["depth_min_m"], conf["depth_max_m"]
+    valid = (depth > dmin) & (depth < dmax)
+    k = np.ones((3, 3), np.uint8)
+    dd = np.where(valid, depth, 0).astype(np.float32)
+    hi = cv2.dilate(dd, k)
+    lo = cv2.erode(np.where(valid, depth, 1e6).astype(np.float32), k)
+    ok = valid & (hi - lo < conf["depth_edge_m"]) & (g >= conf["min_gradient"])
+    g = np.where(ok, g, 0)
+    c = int(conf["cell_px"])
+    H, W = g.shape
+    Hc, Wc = H // c, W // c
+    cells = g[: Hc * c, : Wc * c].reshape(Hc, c, Wc, c).transpose(0, 2, 1, 3).reshape(Hc, Wc, c * c)
+    arg = cells.argmax(-1)
+    best = np.take_along_axis(cells, arg[..., None], -1)[..., 0]
+    iy, ix = np.nonzero(best > 0)
+    a = arg[iy, ix]
+    u = ix * c + a % c
+    v = iy * c + a // c
+    order = np.argsort(-best[iy, ix], kind="stable")[: int(conf["points_per_image"])]
+    return np.stack([u[order], v[order]], -1)
+
+
+def _fit_pca(samples: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, C) raw features -> mean (C,) and projection (C, dim) onto the top principal directions."""
+    mean = samples.mean(0)
+    X = samples - mean
+    cov = X.T @ X / max(1, X.shape[0] - 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    proj = evecs[:, torch.argsort(evals, descending=True)[:dim]]
+    return mean.float().contiguous(), proj.float().contiguous()
+
+
+def build_reference(dataset, out_path, conf: dict | None = None, device: str = "cpu") -> Path:
+    """Build the reference model of ``dataset`` (a Sequence of posed RGB-D ``Frame``s) and save it to ``out_path``.
+
+    Returns the path. Raises ``ReferenceBuildError`` on frames without pose/depth or with unregistered depth
+    (see the module docstring), or when no point could be selected.
+    """
+    conf = {**DEFAULT_CONF, **(conf or {})}
+    conf["dims"] = {**DEFAULT_CONF["dims"], **(conf.get("dims") or {})}
+    levels = list(conf["levels"])
+    for lv in levels:
+        if lv not in LEVELS:
+            raise ValueError(f"unknown feature level {lv!r}; choose from {sorted(LEVELS)}")
+        if conf["dims"][lv] > LEVELS[lv][1]:
+            raise ValueError(f"dims[{lv!r}] = {conf['dims'][lv]} exceeds the level's {LEVELS[lv][1]} channels")
+    t_start = time.perf_counter()
+    net = XFeatPyramid(levels).to(device)
+    indices = list(range(0, len(dataset), int(conf["image_stride"])))
+    if not indices:
+        raise ReferenceBuildError("the dataset is empty")
+    rng = np.random.default_rng(conf["seed"])
+
+    # Pass 1: PCA per level on dense features of a few evenly spaced images.
+    pca = {}
+    n_pca = min(int(conf["pca_images"]), len(indices))
+    pca_idx = [indices[i] for i in np.linspace(0, len(indices) - 1, n_pca).round().astype(int)]
+    samples = {lv: [] for lv in levels}
+    per_img = max(1, int(conf["pca_samples"]) // n_pca)
+    for i in tqdm(pca_idx, desc="reference: PCA features", leave=False):
+        feats = net(image_to_tensor(dataset[i].image, device))
+        for lv in levels:
+            f = feats[lv][0].flatten(1).T
+            sel = torch.from_numpy(rng.choice(f.shape[0], min(per_img, f.shape[0]), replace=False)).to(f.device)
+            samples[lv].append(f[sel].double())
+    for lv in levels:
+        pca[lv] = _fit_pca(torch.cat(samples[lv]), int(conf["dims"][lv]))
+
+    # Pass 2: points and their features.
+    xyz, uvs, img_ids, poses, names = [], [], [], [], []
+    feats_out = {lv: [] for lv in levels}
+    camera = None
+    for i in tqdm(indices, desc="reference: points + features"):
+        fr = dataset[i]
+        if fr.T_world_cam is None or not np.all(np.isfinite(fr.T_world_cam)):
+            raise ReferenceBuildError(f"{fr.name}: mapping frame without a pose")
+        if camera is None:
+            camera = fr.camera
+        depth = registered_depth(fr, conf["unregistered_depth"])
+        px = _select_pixels(fr.image, depth, conf)
+        if len(px) == 0:
+            continue
+        uv = px.astype(np.float64)
+        X_c = fr.camera.backproject(uv, depth[px[:, 1], px[:, 0]])
+        X_w = X_c @ fr.T_world_cam[:3, :3].T + fr.T_world_cam[:3, 3]
+        maps = net(image_to_tensor(fr.image, device))
+        uv_t = torch.as_tensor(uv, dtype=torch.float32, device=device)
+        for lv in levels:
+            m = reduce_and_normalize(maps[lv][0], *pca[lv])
+            f, _, _ = sample_bilinear(m, pixel_to_level(uv_t, LEVELS[lv][0]), with_grad=False)
+            feats_out[lv].append(torch.nn.functional.normalize(f, dim=-1).half().cpu())
+        img_ids.append(np.full(len(px), len(poses), np.int32))
+        xyz.append(X_w.astype(np.float32))
+        uvs.append(uv.astype(np.float32))
+        poses.append(fr.T_world_cam)
+        names.append(fr.name)
+    if not xyz:
+        raise ReferenceBuildError("no reference point could be selected (no valid depth / image gradient)")
+    counts = np.array([len(a) for a in xyz])
+    tensors = {
+        "points_xyz": torch.from_numpy(np.concatenate(xyz)),
+        "points_uv": torch.from_numpy(np.concatenate(uvs)),
+        "points_image": torch.from_numpy(np.concatenate(img_ids)),
+        "image_offsets": torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)),
+        "image_poses": torch.from_numpy(np.stack(poses).astype(np.float64)),
+    }
+    for lv in levels:
+        tensors[f"feat_{lv}"] = torch.cat(feats_out[lv])
+        tensors[f"pca_mean_{lv}"], tensors[f"pca_proj_{lv}"] = (t.cpu() for t in pca[lv])
+    meta = {
+        "features": "xfeat",
+        "levels": levels,
+        "strides": {lv: LEVELS[lv][0] for lv in levels},
+        "dims": {lv: int(conf["dims"][lv]) for lv in levels},
+        "image_names": names,
+        "camera": camera.to_camera_info(),
+        "conf": conf,
+        "num_points": int(counts.sum()),
+        "build_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    return save_map(out_path, tensors, meta, kind="reference")
+
+
+@dataclass
+class ReferenceModel:
+    """A loaded reference model (tensors on ``device``; see the module docstring for their meaning)."""
+
+    points_xyz: torch.Tensor
+    points_image: torch.Tensor
+    image_offsets: torch.Tensor
+    image_poses: torch.Tensor
+    features: dict            # level -> (P, D) float32
+    pca: dict                 # level -> (mean (C,), proj (C, D))
+    levels: list
+    strides: dict
+    metadata: dict
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_poses.shape[0])
+
+    @property
+    def num_points(self) -> int:
+        return int(self.points_xyz.shape[0])
+
+
+def load_reference(source, device: str = "cpu") -> ReferenceModel:
+    """From a reference file path or a ``(tensors, metadata)`` pair. Raises ``MapFileError`` / ``ValueError``."""
+    if isinstance(source, (str, Path)):
+        tensors, meta = load_map(source, device="cpu", kind="reference")
+    else:
+        tensors, meta = source
+    levels = list(meta["levels"])
+    missing = [k for k in ["points_xyz", "points_image", "image_offsets", "image_poses"]
+               + [f"{p}_{lv}" for lv in levels for p in ("feat", "pca_mean", "pca_proj")] if k not in tensors]
+    if missing:
+        raise ValueError(f"reference model lacks tensors {missing}")
+    dev = torch.device(device)
+    return ReferenceModel(
+        points_xyz=tensors["points_xyz"].to(dev, torch.float64),
+        points_image=tensors["points_image"].to(dev, torch.int64),
+        image_offsets=tensors["image_offsets"].to(dev, torch.int64),
+        image_poses=tensors["image_poses"].to(dev, torch.float64),
+        features={lv: tensors[f"feat_{lv}"].to(dev, torch.float32) for lv in levels},
+        pca={lv: (tensors[f"pca_mean_{lv}"].to(dev, torch.float32), tensors[f"pca_proj_{lv}"].to(dev, torch.float32))
+             for lv in levels},
+        levels=levels,
+        strides={lv: int(meta["strides"][lv]) for lv in levels},
+        metadata=meta,
+    )

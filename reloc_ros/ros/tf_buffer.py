@@ -1,0 +1,254 @@
+"""A small time-indexed transform buffer over /tf and /tf_static (tf2_ros is not available from the wheels).
+
+``TfBuffer`` is pure Python (numpy + scipy): a tree of frames where each child has one parent, every edge holding
+``T_parent_child`` samples sorted by stamp (int nanoseconds). ``lookup(target, source, stamp_ns)`` returns
+``T_target_source`` (4×4, maps points from ``source`` into ``target``) composed along the tree path through the
+closest common ancestor, each dynamic edge interpolated at ``stamp_ns`` (linear translation, quaternion slerp
+between the two samples bracketing the stamp). Static edges hold one sample valid at every time.
+
+Errors are ``TfError`` subclasses that name the frames and times: ``UnknownFrameError``, ``ConnectivityError``,
+``ExtrapolationError`` (``.future`` tells whether the buffer may still catch up). ``lookup(..., timeout_s)``
+waits for data newer than the stamp (thread-safe). ``TfListener`` wires the buffer to a node's /tf, /tf_static
+subscriptions (the only rclpy-dependent part, imported lazily).
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+__all__ = ["TfBuffer", "TfError", "UnknownFrameError", "ConnectivityError", "ExtrapolationError", "TfListener"]
+
+LATEST = None  # lookup stamp meaning "the latest time at which the whole chain is available"
+
+
+class TfError(LookupError):
+    """A transform lookup that cannot be answered."""
+
+
+class UnknownFrameError(TfError):
+    """A frame that no transform mentions."""
+
+
+class ConnectivityError(TfError):
+    """Both frames are known but not connected in the tree."""
+
+
+class ExtrapolationError(TfError):
+    """The stamp is outside the buffered time range of an edge; ``future`` is True when it is newer than the
+    newest sample (so waiting may help)."""
+
+    def __init__(self, msg: str, future: bool):
+        super().__init__(msg)
+        self.future = future
+
+
+@dataclass
+class _Edge:
+    parent: str
+    static: bool
+    stamps: list = field(default_factory=list)   # int ns, sorted
+    trans: list = field(default_factory=list)    # (3,) arrays
+    quats: list = field(default_factory=list)    # (4,) xyzw arrays
+
+
+def _T(t: np.ndarray, q: np.ndarray) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(q).as_matrix()
+    T[:3, 3] = t
+    return T
+
+
+class TfBuffer:
+    """Time-indexed transform tree. ``cache_time_s``: dynamic samples older than the newest one on the same edge by
+    more than this are dropped. Thread-safe."""
+
+    def __init__(self, cache_time_s: float = 10.0):
+        self.cache_ns = int(cache_time_s * 1e9)
+        self._edges: dict[str, _Edge] = {}  # child -> edge
+        self._cond = threading.Condition()
+
+    # ---- insertion ----------------------------------------------------------------------------------------------
+    def set_transform(self, parent: str, child: str, stamp_ns: int, T_parent_child: np.ndarray | None = None, *,
+                      translation=None, quat_xyzw=None, static: bool = False) -> None:
+        """Add one sample of ``T_parent_child`` (a 4×4, or ``translation`` (m) + ``quat_xyzw``) at ``stamp_ns``.
+
+        Raises ValueError on empty/equal frame names or a non-finite / zero-norm transform. A child that gets a new
+        parent is re-parented (its old samples are dropped), as tf2 does.
+        """
+        parent, child = parent.lstrip("/"), child.lstrip("/")
+        if not parent or not child:
+            raise ValueError(f"transform with an empty frame name (parent={parent!r}, child={child!r})")
+        if parent == child:
+            raise ValueError(f"transform from frame {child!r} to itself")
+        if T_parent_child is not None:
+            T = np.asarray(T_parent_child, dtype=np.float64)
+            if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+                raise ValueError(f"transform {parent}->{child}: not a finite 4x4 matrix")
+            t, q = T[:3, 3].copy(), Rotation.from_matrix(T[:3, :3]).as_quat()
+        else:
+            t = np.asarray(translation, dtype=np.float64).reshape(3)
+            q = np.asarray(quat_xyzw, dtype=np.float64).reshape(4)
+            n = np.linalg.norm(q)
+            if not (np.all(np.isfinite(t)) and np.isfinite(n)) or n < 1e-9:
+                raise ValueError(f"transform {parent}->{child}: NaN/inf translation or zero-norm quaternion")
+            q = q / n
+        stamp_ns = int(stamp_ns)
+        with self._cond:
+            e = self._edges.get(child)
+            if e is None or e.parent != parent or e.static != static:
+                e = self._edges[child] = _Edge(parent, static)
+            if static:
+                e.stamps, e.trans, e.quats = [stamp_ns], [t], [q]
+            else:
+                i = bisect.bisect_left(e.stamps, stamp_ns)
+                if i < len(e.stamps) and e.stamps[i] == stamp_ns:
+                    e.trans[i], e.quats[i] = t, q
+                else:
+                    e.stamps.insert(i, stamp_ns)
+                    e.trans.insert(i, t)
+                    e.quats.insert(i, q)
+                cut = bisect.bisect_left(e.stamps, e.stamps[-1] - self.cache_ns)
+                if cut > 0:
+                    del e.stamps[:cut], e.trans[:cut], e.quats[:cut]
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._edges.clear()
+
+    # ---- queries ------------------------------------------------------------------------------------------------
+    def frames(self) -> set[str]:
+        with self._cond:
+            return set(self._edges) | {e.parent for e in self._edges.values()}
+
+    def _path_to_root(self, frame: str) -> list[str]:
+        path = [frame]
+        seen = {frame}
+        while path[-1] in self._edges:
+            p = self._edges[path[-1]].parent
+            if p in seen:
+                raise ConnectivityError(f"TF loop through frame {p!r}")
+            path.append(p)
+            seen.add(p)
+        return path
+
+    def _chain(self, target: str, source: str) -> tuple[list[str], list[str]]:
+        """Frames from ``source`` up to the common ancestor, and from ``target`` up to it."""
+        known = set(self._edges) | {e.parent for e in self._edges.values()}
+        for f in (target, source):
+            if f not in known:
+                raise UnknownFrameError(f"frame {f!r} does not exist in the TF tree "
+                                        f"(known: {sorted(known) if len(known) < 20 else len(known)})")
+        up_s, up_t = self._path_to_root(source), self._path_to_root(target)
+        common = next((f for f in up_s if f in set(up_t)), None)
+        if common is None:
+            raise ConnectivityError(f"frames {target!r} and {source!r} are not connected "
+                                    f"(roots {up_t[-1]!r} and {up_s[-1]!r})")
+        return up_s[:up_s.index(common)], up_t[:up_t.index(common)]
+
+    def _edge_at(self, child: str, stamp_ns: int) -> np.ndarray:
+        e = self._edges[child]
+        if e.static:
+            return _T(e.trans[0], e.quats[0])
+        s = e.stamps
+        if stamp_ns > s[-1] or stamp_ns < s[0]:
+            fut = stamp_ns > s[-1]
+            raise ExtrapolationError(
+                f"lookup of {e.parent}->{child} at {stamp_ns * 1e-9:.6f} s would require extrapolation into the "
+                f"{'future' if fut else 'past'}: buffered range [{s[0] * 1e-9:.6f}, {s[-1] * 1e-9:.6f}] s", fut)
+        i = bisect.bisect_left(s, stamp_ns)
+        if s[i] == stamp_ns:
+            return _T(e.trans[i], e.quats[i])
+        t0, t1 = s[i - 1], s[i]
+        a = (stamp_ns - t0) / (t1 - t0)
+        rot = Slerp([0.0, 1.0], Rotation.from_quat([e.quats[i - 1], e.quats[i]]))([a])[0]
+        T = np.eye(4)
+        T[:3, :3] = rot.as_matrix()
+        T[:3, 3] = (1 - a) * e.trans[i - 1] + a * e.trans[i]
+        return T
+
+    def _latest_common(self, edges: list[str]) -> int | None:
+        dyn = [self._edges[c].stamps[-1] for c in edges if not self._edges[c].static]
+        return min(dyn) if dyn else None
+
+    def _lookup_locked(self, target: str, source: str, stamp_ns: int | None) -> np.ndarray:
+        up_s, up_t = self._chain(target, source)
+        if stamp_ns is None:
+            stamp_ns = self._latest_common(up_s + up_t) or 0
+        T_anc_source = np.eye(4)
+        for c in reversed(up_s):  # ancestor ... -> source
+            T_anc_source = T_anc_source @ self._edge_at(c, stamp_ns)
+        T_anc_target = np.eye(4)
+        for c in reversed(up_t):
+            T_anc_target = T_anc_target @ self._edge_at(c, stamp_ns)
+        return np.linalg.solve(T_anc_target, T_anc_source)
+
+    def lookup(self, target: str, source: str, stamp_ns: int | None = LATEST, timeout_s: float = 0.0) -> np.ndarray:
+        """``T_target_source`` (4×4) at ``stamp_ns`` (None = latest common time). Waits up to ``timeout_s`` for
+        unknown frames or for data newer than the stamp; raises a ``TfError`` subclass otherwise."""
+        target, source = target.lstrip("/"), source.lstrip("/")
+        if not target or not source:
+            raise UnknownFrameError(f"empty frame name in lookup (target={target!r}, source={source!r})")
+        if target == source:
+            return np.eye(4)
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                try:
+                    return self._lookup_locked(target, source, stamp_ns)
+                except (UnknownFrameError, ConnectivityError, ExtrapolationError) as err:
+                    retry = not isinstance(err, ExtrapolationError) or err.future
+                    left = deadline - time.monotonic()
+                    if not retry or left <= 0:
+                        raise
+                    self._cond.wait(left)
+
+    def can_transform(self, target: str, source: str, stamp_ns: int | None = LATEST) -> bool:
+        try:
+            self.lookup(target, source, stamp_ns)
+            return True
+        except TfError:
+            return False
+
+
+class TfListener:
+    """Fills a ``TfBuffer`` from /tf (volatile) and /tf_static (transient-local) on an rclpy node.
+
+    Malformed transforms are counted in ``self.rejected`` (and the last reason kept in ``self.last_error``), never
+    raised into the executor.
+    """
+
+    def __init__(self, node, buffer: TfBuffer, callback_group=None):
+        from tf2_msgs.msg import TFMessage
+
+        from .qos import tf_qos, tf_static_qos
+        self.buffer = buffer
+        self.rejected = 0
+        self.last_error = ""
+        self.subs = [
+            node.create_subscription(TFMessage, "/tf", lambda m: self._on(m, False), tf_qos(),
+                                     callback_group=callback_group),
+            node.create_subscription(TFMessage, "/tf_static", lambda m: self._on(m, True), tf_static_qos(),
+                                     callback_group=callback_group),
+        ]
+
+    def _on(self, msg, static: bool) -> None:
+        for tr in msg.transforms:
+            try:
+                t, r = tr.transform.translation, tr.transform.rotation
+                stamp = tr.header.stamp.sec * 1_000_000_000 + tr.header.stamp.nanosec
+                self.buffer.set_transform(tr.header.frame_id, tr.child_frame_id, stamp, translation=(t.x, t.y, t.z),
+                                          quat_xyzw=(r.x, r.y, r.z, r.w), static=static)
+            except ValueError as err:
+                self.rejected += 1
+                self.last_error = str(err)
+
+    def destroy(self, node) -> None:
+        for s in self.subs:
+            node.destroy_subscription(s)
+        self.subs = []
