@@ -20,3 +20,35 @@ def seven_scenes_root() -> Path:
         pytest.skip(f"real data not found at {SEVEN_SCENES} (set RELOC_ROS_7SCENES to a 7-Scenes redkitchen folder "
                     "with mapping.txt/query.txt to run this test)")
     return SEVEN_SCENES
+
+
+DEMO_SCENE_PARAMS = {"seed": 0, "n_mapping": 120, "n_query": 40}
+
+
+@pytest.fixture(scope="session")
+def demo_scene_root() -> Path:
+    """The generated demo scene (120 mapping + 40 query frames, 640x480, fx=fy=500, cx=319.5, cy=239.5), cached in
+    ``<repo>/data/demo_scene_test/`` under a key of the generator version and parameters (regenerated when either
+    changes). Written to a temporary folder and renamed, so concurrent test runs never see a half-written scene."""
+    import shutil
+    import tempfile
+
+    from reloc_ros.demo_scene import GENERATOR_VERSION, generate_demo_scene
+
+    p = DEMO_SCENE_PARAMS
+    cache = REPO / "data" / "demo_scene_test"
+    root = cache / f"v{GENERATOR_VERSION}_seed{p['seed']}_m{p['n_mapping']}_q{p['n_query']}"
+    if (root / "README.md").is_file():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=cache))
+    try:
+        generate_demo_scene(tmp, **p, progress=False)
+        try:
+            tmp.rename(root)
+        except OSError:  # another run finished first
+            if not (root / "README.md").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
