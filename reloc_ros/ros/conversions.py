@@ -18,7 +18,8 @@ from ..geometry.camera import Camera, InvalidCameraError
 from ..geometry.pose import pos_quat_from_T, R_from_quat_xyzw, make_T
 
 __all__ = [
-    "InputError", "image_msg_to_rgb", "compressed_msg_to_rgb", "camera_info_to_camera", "check_image_against_camera",
+    "InputError", "check_image_msg", "image_msg_to_rgb", "compressed_msg_to_rgb", "camera_info_to_camera",
+    "check_image_against_camera",
     "stamp_to_ns", "ns_to_stamp", "T_to_pose", "pose_to_T", "T_to_transform", "transform_to_T",
     "covariance_to_ros", "covariance_from_ros", "rgb_to_image_msg", "SUPPORTED_ENCODINGS",
 ]
@@ -48,25 +49,37 @@ def _raw_bytes(data) -> memoryview:
         return memoryview(bytes(data))
 
 
-def image_msg_to_rgb(msg) -> np.ndarray:
-    """``sensor_msgs/Image`` -> ``(H, W, 3) uint8 RGB``. Supports rgb8, bgr8, rgba8, bgra8, mono8 (grey replicated),
-    mono16 (top 8 bits), row padding (``step``) and ``is_bigendian``. Raises InputError('bad_encoding' | 'bad_image')."""
+def check_image_msg(msg) -> tuple[int, int]:
+    """Validate an Image's metadata (encoding, size, step, data length) without touching the pixels; returns
+    ``(width, height)``. Raises InputError('bad_encoding' | 'bad_image')."""
     enc = str(msg.encoding).lower()
     if enc not in _ENCODINGS:
         raise InputError("bad_encoding", f"unsupported image encoding {msg.encoding!r} "
                                          f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
-    ch, dtype, order = _ENCODINGS[enc]
+    ch, dtype, _ = _ENCODINGS[enc]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(dtype).itemsize
-    row = w * ch * itemsize
+    row = w * ch * np.dtype(dtype).itemsize
     if h <= 0 or w <= 0:
         raise InputError("bad_image", f"image has size {w}x{h}")
     if step < row:
         raise InputError("bad_image", f"image step {step} < width*bytes_per_pixel {row}")
-    buf = _raw_bytes(msg.data)
-    if len(buf) < step * (h - 1) + row:
-        raise InputError("bad_image", f"image data has {len(buf)} bytes, {w}x{h} {enc} with step {step} needs "
+    n = len(msg.data)
+    if n < step * (h - 1) + row:
+        raise InputError("bad_image", f"image data has {n} bytes, {w}x{h} {enc} with step {step} needs "
                                       f"{step * h}")
+    return w, h
+
+
+def image_msg_to_rgb(msg) -> np.ndarray:
+    """``sensor_msgs/Image`` -> ``(H, W, 3) uint8 RGB``. Supports rgb8, bgr8, rgba8, bgra8, mono8 (grey replicated),
+    mono16 (top 8 bits), row padding (``step``) and ``is_bigendian``. Raises InputError('bad_encoding' | 'bad_image')."""
+    check_image_msg(msg)
+    enc = str(msg.encoding).lower()
+    ch, dtype, order = _ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(dtype).itemsize
+    row = w * ch * itemsize
+    buf = _raw_bytes(msg.data)
     a = np.frombuffer(buf, dtype=np.uint8, count=step * (h - 1) + row)
     a = np.lib.stride_tricks.as_strided(a, shape=(h, row), strides=(step, 1))
     px = np.ascontiguousarray(a).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))

@@ -1,0 +1,639 @@
+"""Lifecycle node ``reloc_localizer``: camera images -> map-frame pose, /tf (REP-105), status and diagnostics.
+
+configure: declare-checked parameters, load the map (``Localizer.from_map``), create publishers, /tf listener and
+services. activate: subscribe ``image`` (or ``image/compressed``) + ``camera_info``, start the worker thread.
+
+Data flow: the image callback only validates metadata (encoding, size vs CameraInfo, stamps: O(1), no pixel
+work) and puts the frame in a one-slot mailbox (latest-frame policy); a frame replaced before the worker takes it
+gets status ``stale_frame``. The worker converts, localizes, gates, publishes ``~/pose``
+(PoseWithCovarianceStamped, transient-local) for the base (or camera) and ``map->odom`` on /tf computed with
+``odom->base`` at the image stamp, post-dated by ``transform_tolerance``. Every frame gets one ``~/status``.
+Parameters: ``reloc_ros/ros/params.py`` (documented in config/localizer.yaml).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+
+from reloc_ros.msg import RelocalizationStatus
+
+from ..geometry.pose import T_from_pos_quat, covariance_to_body_point, invert_T
+from .conversions import (InputError, camera_info_to_camera, check_image_against_camera, check_image_msg,
+                          compressed_msg_to_rgb, covariance_to_ros, image_msg_to_rgb, ns_to_stamp,
+                          pose_to_T, stamp_to_ns, T_to_pose, T_to_transform)
+from .params import LOCALIZER_PARAMS, Param
+from .qos import image_qos, latched_qos, tf_qos
+from .tf_buffer import TfBuffer, TfError, TfListener
+
+__all__ = ["LocalizerNode", "gate_result", "Thresholds", "camera_to_body", "declare_params", "main"]
+
+
+class Thresholds:
+    """Gating thresholds (see params.py for their meaning)."""
+
+    def __init__(self, min_confidence=0.5, min_inliers=30, min_inlier_ratio=0.0, min_weight_mass=0.0,
+                 max_position_sigma=0.0, require_refinement=False):
+        self.min_confidence = float(min_confidence)
+        self.min_inliers = int(min_inliers)
+        self.min_inlier_ratio = float(min_inlier_ratio)
+        self.min_weight_mass = float(min_weight_mass)
+        self.max_position_sigma = float(max_position_sigma)
+        self.require_refinement = bool(require_refinement)
+
+
+def gate_result(res, th: Thresholds) -> str:
+    """'ok' when a LocalizationResult passes every gate, else the reason token."""
+    if not res.success or res.T_world_cam is None:
+        return res.reason if res.reason and res.reason != "ok" else "localization_failed"
+    if res.covariance is None or not np.all(np.isfinite(res.covariance)):
+        return "no_covariance"
+    if not np.all(np.isfinite(res.T_world_cam)):
+        return "exception"
+    if th.require_refinement and not (res.refinement is not None and res.refinement.accepted):
+        return "refinement_rejected"
+    if res.front_end == "ace":
+        if res.inlier_count < th.min_inliers:
+            return "too_few_inliers"
+        if res.inlier_ratio < th.min_inlier_ratio:
+            return "low_inlier_ratio"
+    if res.front_end == "implicit" and res.weight_mass < th.min_weight_mass:
+        return "low_weight_mass"
+    if res.confidence < th.min_confidence:
+        return "low_confidence"
+    if th.max_position_sigma > 0 and math.sqrt(max(np.trace(res.covariance[:3, :3]), 0.0)) > th.max_position_sigma:
+        return "high_uncertainty"
+    return "ok"
+
+
+def camera_to_body(T_map_cam: np.ndarray, cov_cam: np.ndarray, T_body_cam: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Pose and covariance of the body (base) frame from the camera's: ``T_map_body = T_map_cam @ T_body_cam^-1``;
+    the 6×6 (x, y, z, rx, ry, rz) covariance is propagated to the body origin (position in the map frame, left
+    rotation about the map axes)."""
+    T_cam_body = invert_T(T_body_cam)
+    return T_map_cam @ T_cam_body, covariance_to_body_point(T_map_cam, cov_cam, T_cam_body)
+
+
+def declare_params(node, table: list[Param]) -> None:
+    for p in table:
+        extra = ""
+        if p.choices:
+            extra = f" One of {list(p.choices)}."
+        d = ParameterDescriptor(description=p.description + extra, read_only=p.read_only)
+        node.declare_parameter(p.name, p.default, d)
+
+
+def _extrinsic_param(values) -> np.ndarray | None:
+    v = [float(x) for x in values]
+    if len(v) == 1:
+        return None
+    if len(v) != 7:
+        raise ValueError(f"extrinsic must be [x, y, z, qx, qy, qz, qw] (7 values) or [0.0], got {len(v)} values")
+    return T_from_pos_quat(v[:3], v[3:])
+
+
+class _Frame:
+    __slots__ = ("msg", "stamp_ns", "camera", "camera_frame", "t_recv", "index")
+
+    def __init__(self, msg, stamp_ns, camera, camera_frame, t_recv, index):
+        self.msg, self.stamp_ns, self.camera, self.camera_frame = msg, stamp_ns, camera, camera_frame
+        self.t_recv, self.index = t_recv, index
+
+
+class LocalizerNode(LifecycleNode):
+    def __init__(self, node_name: str = "reloc_localizer", **kwargs):
+        super().__init__(node_name, **kwargs)
+        declare_params(self, LOCALIZER_PARAMS)
+        self.add_on_set_parameters_callback(self._on_set_params)
+        self.localizer = None
+        self._loc_lock = threading.Lock()
+        self._pub_lock = threading.Lock()
+        self._slot_cond = threading.Condition()
+        self._slot: _Frame | None = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._active = False
+        self._insubs = []
+        self._outpubs = {}
+        self._tf_listener = None
+        self._tmrs = []
+        self._srvs = []
+        self._srv_group = MutuallyExclusiveCallbackGroup()
+        self._stats_lock = threading.Lock()
+        self._reset_stats()
+
+    # ---- parameters -------------------------------------------------------------------------------------------
+    def p(self, name):
+        return self.get_parameter(name).value
+
+    def _on_set_params(self, params) -> SetParametersResult:
+        table = {q.name: q for q in LOCALIZER_PARAMS}
+        for prm in params:
+            q = table.get(prm.name)
+            if q is None:
+                continue
+            if q.choices and prm.value not in q.choices:
+                return SetParametersResult(successful=False, reason=f"{prm.name} must be one of {list(q.choices)}")
+            if q.min is not None and isinstance(prm.value, (int, float)) and prm.value < q.min:
+                return SetParametersResult(successful=False, reason=f"{prm.name} must be >= {q.min}")
+            if prm.name == "camera_to_base":
+                try:
+                    _extrinsic_param(prm.value)
+                except ValueError as err:
+                    return SetParametersResult(successful=False, reason=str(err))
+        return SetParametersResult(successful=True)
+
+    def _read_params(self):
+        self.thresholds = Thresholds(self.p("min_confidence"), self.p("min_inliers"), self.p("min_inlier_ratio"),
+                                     self.p("min_weight_mass"), self.p("max_position_sigma"),
+                                     self.p("require_refinement"))
+        self.frames = {k: str(self.p(k)).lstrip("/") for k in ("map_frame", "odom_frame", "base_frame",
+                                                                 "camera_frame")}
+        self.T_base_cam_param = _extrinsic_param(self.p("camera_to_base"))
+
+    # ---- statistics -------------------------------------------------------------------------------------------
+    def _reset_stats(self):
+        self.counters = collections.Counter()   # reason -> frames
+        self.frames_received = 0
+        self.frames_dropped = 0
+        self.frames_rejected = 0
+        self.frames_accepted = 0
+        self.recent = collections.deque(maxlen=200)  # (monotonic time, accepted, latency_since_stamp_ms)
+        self.last_accept_mono = None
+        self.last_stamp_ns = None
+        self.camera = None
+        self.camera_error = "no_camera_info"
+        self._camera_key = None
+        self.prior = None  # (T_map_base, stamp_mono)
+        self.last_map_odom = None
+        self._relocalize_requests = 0
+        self._last_result = None
+        self._result_cond = threading.Condition()
+        self._last_process_mono = 0.0
+        self._sent_initialpose_stamp = None
+
+    # ---- lifecycle --------------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._read_params()
+            if int(self.p("num_threads")) > 0:
+                import torch
+                torch.set_num_threads(int(self.p("num_threads")))
+            self.localizer = self._load_localizer()
+        except Exception as err:  # noqa: BLE001 - configure reports every failure and stays unconfigured
+            self.get_logger().error(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self.tf_buffer = TfBuffer(cache_time_s=float(self.p("tf_cache_time")))
+        self._tf_listener = TfListener(self, self.tf_buffer)
+        self._outpubs = {
+            "pose": self.create_publisher(PoseWithCovarianceStamped, "~/pose", latched_qos(1)),
+            "status": self.create_publisher(RelocalizationStatus, "~/status", 1000),
+            "diag": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
+            "tf": self.create_publisher(TFMessage, "/tf", tf_qos()),
+        }
+        if self.p("publish_initialpose"):
+            self._outpubs["initialpose"] = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", 1)
+        self._srvs = [
+            self.create_service(Trigger, "~/relocalize", self._srv_relocalize, callback_group=self._srv_group),
+            self.create_service(Trigger, "~/reload_map", self._srv_reload, callback_group=self._srv_group),
+        ]
+        self._tmrs = [self.create_timer(float(self.p("diagnostics_period")), self._publish_diagnostics)]
+        if self.p("tf_republish_rate") > 0 and self.frames["odom_frame"] and self.p("publish_tf"):
+            self._tmrs.append(self.create_timer(1.0 / float(self.p("tf_republish_rate")), self._republish_tf))
+        self.get_logger().info(f"configured: map {self.p('map_path')} ({self.localizer.front_end_name} front end, "
+                               f"refine={self.localizer.refine}, device {self.p('device')})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load_localizer(self):
+        from ..localizer import Localizer
+        path = str(self.p("map_path"))
+        if not path:
+            raise ValueError("parameter map_path is empty: give the map file written by reloc-map")
+        try:
+            options = json.loads(str(self.p("front_end_options")) or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"front_end_options is not a JSON object: {err}") from err
+        if not isinstance(options, dict):
+            raise ValueError("front_end_options must be a JSON object")
+        loc = Localizer.from_map(path, device=str(self.p("device")), refine=bool(self.p("refine")),
+                                 front_end_options=options)
+        want = str(self.p("front_end"))
+        if want and loc.front_end_name != want:
+            raise ValueError(f"front_end is {want!r} but {path} holds a {loc.front_end_name!r} map")
+        return loc
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._reset_stats()
+        self._read_params()
+        qos = image_qos(str(self.p("image_qos")), depth=int(self.p("queue_depth")))
+        if self.p("image_transport") == "compressed":
+            self._insubs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos))
+        else:
+            self._insubs.append(self.create_subscription(Image, "image", self._on_image, qos))
+        self._insubs.append(self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos))
+        self._insubs.append(self.create_subscription(PoseWithCovarianceStamped, "/initialpose", self._on_initialpose,
+                                                   10))
+        self._stop.clear()
+        self._active = True
+        self._worker = threading.Thread(target=self._work_loop, name="reloc_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info("active")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_worker(self):
+        self._active = False
+        self._stop.set()
+        with self._slot_cond:
+            self._slot_cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+            self._worker = None
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for s in self._insubs:
+            self.destroy_subscription(s)
+        self._insubs = []
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for s in self._insubs:
+            self.destroy_subscription(s)
+        self._insubs = []
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self):
+        for t in self._tmrs:
+            self.destroy_timer(t)
+        for s in self._srvs:
+            self.destroy_service(s)
+        for p in self._outpubs.values():
+            self.destroy_publisher(p)
+        if self._tf_listener is not None:
+            self._tf_listener.destroy(self)
+        self._tmrs, self._srvs, self._outpubs, self._tf_listener = [], [], {}, None
+        self.localizer = None
+
+    # ---- input callbacks (cheap) ------------------------------------------------------------------------------
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        key = (tuple(msg.k), tuple(msg.d), msg.width, msg.height, msg.distortion_model)
+        if key == self._camera_key:
+            return
+        self._camera_key = key
+        try:
+            self.camera = camera_info_to_camera(msg)
+            self.camera_error = None
+        except InputError as err:
+            self.camera, self.camera_error = None, err.reason
+            self.get_logger().warning(str(err), throttle_duration_sec=5.0)
+
+    def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        if self._sent_initialpose_stamp is not None and stamp == self._sent_initialpose_stamp:
+            return  # our own /initialpose
+        if not self.p("use_initialpose_prior"):
+            return
+        frame = msg.header.frame_id.lstrip("/")
+        if frame and frame != self.frames["map_frame"]:
+            self.get_logger().warning(f"/initialpose in frame {frame!r}, expected {self.frames['map_frame']!r}: ignored",
+                                   throttle_duration_sec=5.0)
+            return
+        try:
+            self.prior = (pose_to_T(msg.pose.pose), time.monotonic())
+        except ValueError as err:
+            self.get_logger().warning(f"/initialpose ignored: {err}", throttle_duration_sec=5.0)
+
+    def _on_image(self, msg) -> None:
+        t_recv = time.monotonic()
+        self.frames_received += 1
+        stamp = stamp_to_ns(msg.header.stamp)
+        frame = _Frame(msg, stamp, self.camera, self.frames["camera_frame"] or msg.header.frame_id.lstrip("/"),
+                       t_recv, self.frames_received)
+        try:
+            if self.camera is None:
+                raise InputError(self.camera_error or "no_camera_info",
+                                 "no valid camera_info received yet" if self.camera_error in (None, "no_camera_info")
+                                 else "the latest camera_info is invalid")
+            if isinstance(msg, Image):
+                w, h = check_image_msg(msg)
+                check_image_against_camera(w, h, self.camera)
+            if self.last_stamp_ns is not None and stamp < self.last_stamp_ns:
+                raise InputError("out_of_order_stamp", f"image stamp {stamp * 1e-9:.6f} s is older than the previous "
+                                                       f"{self.last_stamp_ns * 1e-9:.6f} s")
+        except InputError as err:
+            self._reject(frame, err.reason, str(err))
+            return
+        self.last_stamp_ns = stamp
+        mode = self.p("mode")
+        max_rate = float(self.p("max_rate"))
+        with self._slot_cond:
+            if mode == "on_demand" and self._relocalize_requests == 0:
+                dropped, reason = frame, "idle"
+            elif max_rate > 0 and t_recv - self._last_process_mono < 1.0 / max_rate and self._relocalize_requests == 0:
+                dropped, reason = frame, "rate_limited"
+            else:
+                dropped, reason = self._slot, "stale_frame"
+                self._slot = frame
+                self._slot_cond.notify()
+        if dropped is not None:
+            self._status(dropped, reason=reason, kind="dropped")
+
+    # ---- worker ------------------------------------------------------------------------------------------------
+    def _work_loop(self):
+        while not self._stop.is_set():
+            with self._slot_cond:
+                while self._slot is None and not self._stop.is_set():
+                    self._slot_cond.wait(0.5)
+                if self._stop.is_set():
+                    return
+                frame, self._slot = self._slot, None
+                self._last_process_mono = time.monotonic()
+                one_shot = self._relocalize_requests > 0
+                if one_shot:
+                    self._relocalize_requests -= 1
+            try:
+                self._process(frame, one_shot)
+            except Exception as err:  # noqa: BLE001 - a bug in one frame must not kill the node
+                self.get_logger().error(f"frame {frame.index}: {err}\n{traceback.format_exc()}",
+                                        throttle_duration_sec=5.0)
+                self._reject(frame, "exception", str(err))
+
+    def _process(self, frame: _Frame, one_shot: bool) -> None:
+        t0 = time.perf_counter()
+        try:
+            if isinstance(frame.msg, CompressedImage):
+                rgb = compressed_msg_to_rgb(frame.msg)
+                check_image_against_camera(rgb.shape[1], rgb.shape[0], frame.camera)
+            else:
+                rgb = image_msg_to_rgb(frame.msg)
+        except InputError as err:
+            self._reject(frame, err.reason, str(err))
+            return
+        t_pre = (time.perf_counter() - t0) * 1e3
+        max_age = float(self.p("max_frame_age"))
+        if max_age > 0 and self._age_ms(frame.stamp_ns) > max_age * 1e3:
+            self._status(frame, reason="stale_frame", kind="dropped")
+            return
+        # camera <-> body extrinsic
+        body = self.frames["base_frame"] or frame.camera_frame
+        try:
+            T_base_cam = self._extrinsic(frame)
+        except TfError as err:
+            self._reject(frame, "missing_tf", f"camera->base extrinsic: {err}")
+            return
+        with self._loc_lock:
+            loc = self.localizer
+        prior = self._take_prior(T_base_cam)
+        if prior is not None and loc.refine:
+            res = loc.refine_from_prior(rgb, frame.camera, prior)
+        else:
+            res = loc.localize(rgb, frame.camera, prior_T_world_cam=prior)
+        res.timings_ms.setdefault("preprocess", 0.0)
+        res.timings_ms["preprocess"] += t_pre
+        reason = gate_result(res, self.thresholds)
+        if reason != "ok":
+            self._reject(frame, reason, f"pose rejected: {reason}", result=res)
+            return
+        T_map_base, cov_base = camera_to_body(res.T_world_cam, res.covariance, T_base_cam)
+        status_reason = "ok"
+        tf_msg = None
+        if self.p("publish_tf"):
+            try:
+                tf_msg = self._map_tf(frame, body, T_map_base)
+            except TfError as err:
+                status_reason = "missing_tf"
+                self.get_logger().warning(f"map->odom not published: {err}", throttle_duration_sec=5.0)
+        pose = PoseWithCovarianceStamped()
+        pose.header.stamp = frame.msg.header.stamp
+        pose.header.frame_id = self.frames["map_frame"]
+        T_to_pose(T_map_base, pose.pose.pose)
+        pose.pose.covariance = covariance_to_ros(cov_base)
+        now = time.monotonic()
+        lost = self.last_accept_mono is None or now - self.last_accept_mono > float(self.p("lost_timeout"))
+        with self._pub_lock:
+            self._outpubs["pose"].publish(pose)
+            if tf_msg is not None:
+                self._outpubs["tf"].publish(tf_msg)
+            if lost and "initialpose" in self._outpubs:
+                self._sent_initialpose_stamp = stamp_to_ns(pose.header.stamp)
+                self._outpubs["initialpose"].publish(pose)
+        self.last_accept_mono = now
+        self._status(frame, reason=status_reason, accepted=True, result=res, cov=cov_base, kind="accepted")
+
+    def _extrinsic(self, frame: _Frame) -> np.ndarray:
+        """T_base_cam (identity when reporting the camera pose)."""
+        base = self.frames["base_frame"]
+        if not base or base == frame.camera_frame:
+            return np.eye(4)
+        if self.T_base_cam_param is not None:
+            return self.T_base_cam_param
+        if not frame.camera_frame:
+            raise TfError("the image has no frame_id and camera_frame is empty")
+        return self.tf_buffer.lookup(base, frame.camera_frame, None, timeout_s=float(self.p("tf_timeout")))
+
+    def _map_tf(self, frame: _Frame, body: str, T_map_body: np.ndarray) -> TFMessage:
+        odom = self.frames["odom_frame"]
+        tr = TransformStamped()
+        stamp_ns = frame.stamp_ns + int(float(self.p("transform_tolerance")) * 1e9)
+        tr.header.stamp = ns_to_stamp(stamp_ns, type(tr.header.stamp))
+        tr.header.frame_id = self.frames["map_frame"]
+        if odom:
+            T_odom_body = self.tf_buffer.lookup(odom, body, frame.stamp_ns, timeout_s=float(self.p("tf_timeout")))
+            T = T_map_body @ invert_T(T_odom_body)
+            tr.child_frame_id = odom
+            self.last_map_odom = T
+        else:
+            T = T_map_body
+            tr.child_frame_id = body
+        T_to_transform(T, tr.transform)
+        return TFMessage(transforms=[tr])
+
+    def _republish_tf(self):
+        if not self._active or self.last_map_odom is None:
+            return
+        tr = TransformStamped()
+        now = self.get_clock().now().nanoseconds + int(float(self.p("transform_tolerance")) * 1e9)
+        tr.header.stamp = ns_to_stamp(now, type(tr.header.stamp))
+        tr.header.frame_id = self.frames["map_frame"]
+        tr.child_frame_id = self.frames["odom_frame"]
+        T_to_transform(self.last_map_odom, tr.transform)
+        with self._pub_lock:
+            self._outpubs["tf"].publish(TFMessage(transforms=[tr]))
+
+    def _take_prior(self, T_base_cam: np.ndarray) -> np.ndarray | None:
+        prior, self.prior = self.prior, None
+        if prior is None or time.monotonic() - prior[1] > float(self.p("prior_max_age")):
+            return None
+        return prior[0] @ T_base_cam  # T_map_base @ T_base_cam = T_map_cam
+
+    def _age_ms(self, stamp_ns: int) -> float:
+        return (self.get_clock().now().nanoseconds - stamp_ns) * 1e-6
+
+    # ---- outputs -----------------------------------------------------------------------------------------------
+    def _reject(self, frame: _Frame, reason: str, message: str, result=None) -> None:
+        self.get_logger().warning(f"frame rejected ({reason}): {message}", throttle_duration_sec=5.0)
+        self._status(frame, reason=reason, result=result, kind="rejected")
+
+    def _status(self, frame: _Frame, reason: str, kind: str, accepted: bool = False, result=None,
+                cov=None) -> None:
+        """Count the frame (kind: 'accepted' | 'rejected' | 'dropped', plus its reason) and publish ~/status."""
+        with self._stats_lock:
+            self.counters[reason] += 1
+            if kind == "accepted":
+                self.frames_accepted += 1
+            elif kind == "rejected":
+                self.frames_rejected += 1
+            else:
+                self.frames_dropped += 1
+        s = RelocalizationStatus()
+        s.header.stamp = ns_to_stamp(frame.stamp_ns, type(s.header.stamp)) if frame.stamp_ns >= 0 else s.header.stamp
+        s.header.frame_id = self.frames["map_frame"]
+        s.accepted, s.reason = bool(accepted), reason
+        if result is not None:
+            s.front_end = str(result.front_end)
+            s.inlier_count = max(int(result.inlier_count), 0)
+            s.inlier_ratio = float(result.inlier_ratio)
+            s.weight_mass = float(result.weight_mass)
+            s.confidence = float(result.confidence)
+            r = result.refinement
+            if r is not None:
+                s.refinement_ran, s.refinement_accepted = bool(r.ran), bool(r.accepted)
+                s.refinement_iterations = max(int(r.iterations), 0)
+                s.refinement_cost = float(r.cost_final)
+            t = result.timings_ms
+            s.latency_preprocess_ms = float(t.get("preprocess", 0.0))
+            s.latency_front_end_ms = float(t.get("network", 0.0) + t.get("solver", 0.0))
+            s.latency_refinement_ms = float(t.get("refinement", 0.0))
+        if cov is not None:
+            s.sigma_position_m = float(math.sqrt(max(np.trace(cov[:3, :3]), 0.0)))
+            s.sigma_rotation_deg = float(math.degrees(math.sqrt(max(np.trace(cov[3:, 3:]), 0.0))))
+        s.latency_total_ms = float((time.monotonic() - frame.t_recv) * 1e3)
+        since = self._age_ms(frame.stamp_ns)
+        s.latency_since_stamp_ms = float(since)
+        s.frames_received = self.frames_received
+        s.frames_dropped = self.frames_dropped
+        s.frames_rejected = self.frames_rejected
+        self.recent.append((time.monotonic(), bool(accepted), since if accepted else float("nan"), reason))
+        with self._pub_lock:
+            if "status" in self._outpubs:
+                self._outpubs["status"].publish(s)
+        with self._result_cond:
+            self._last_result = (frame.index, accepted, reason, s)
+            self._result_cond.notify_all()
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        window = [r for r in self.recent if now - r[0] < 10.0]
+        span = max(now - window[0][0], 1e-3) if window else 1.0
+        processed = [r for r in window if r[3] not in ("stale_frame", "rate_limited", "idle")]
+        acc = [r for r in window if r[1]]
+        lat = [r[2] for r in acc if math.isfinite(r[2])]
+        if not self._active:
+            level, msg = DiagnosticStatus.ERROR, "not active"
+        elif self.frames_received == 0:
+            level, msg = DiagnosticStatus.WARN, "no images received"
+        elif self.camera is None:
+            level, msg = DiagnosticStatus.ERROR, f"no usable camera_info ({self.camera_error})"
+        elif self.last_accept_mono is None or now - self.last_accept_mono > float(self.p("lost_timeout")):
+            last = window[-1][3] if window else "no recent frames"
+            level, msg = DiagnosticStatus.WARN, f"lost: no accepted pose recently (last reason: {last})"
+        else:
+            level, msg = DiagnosticStatus.OK, "localized"
+        st = DiagnosticStatus(level=level, name=f"{self.get_name()}: relocalization", message=msg,
+                              hardware_id=str(self.p("device")))
+        vals = {"processed_rate_hz": f"{len(processed) / span:.2f}", "accepted_rate_hz": f"{len(acc) / span:.2f}",
+                "latency_median_ms": f"{float(np.median(lat)):.1f}" if lat else "nan",
+                "frames_received": str(self.frames_received), "frames_dropped": str(self.frames_dropped),
+                "frames_rejected": str(self.frames_rejected), "frames_accepted": str(self.frames_accepted),
+                "front_end": self.localizer.front_end_name if self.localizer is not None else "",
+                "reasons": json.dumps(dict(self.counters), sort_keys=True)}
+        st.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        with self._pub_lock:
+            if "diag" in self._outpubs:
+                self._outpubs["diag"].publish(arr)
+
+    # ---- services ----------------------------------------------------------------------------------------------
+    def _srv_relocalize(self, request, response):
+        """Localize the next valid frame regardless of mode/rate limit; waits up to 10 s for its outcome."""
+        if not self._active:
+            response.success, response.message = False, "node is not active"
+            return response
+        with self._result_cond:
+            before = self._last_result[0] if self._last_result else -1
+        with self._slot_cond:
+            self._relocalize_requests += 1
+        deadline = time.monotonic() + 10.0
+        with self._result_cond:
+            while True:
+                r = self._last_result
+                if r is not None and r[0] > before and r[2] not in ("stale_frame", "rate_limited", "idle"):
+                    response.success, response.message = bool(r[1]), r[2]
+                    return response
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    response.success, response.message = False, "timeout: no frame processed within 10 s"
+                    return response
+                self._result_cond.wait(left)
+
+    def _srv_reload(self, request, response):
+        try:
+            loc = self._load_localizer()
+        except Exception as err:  # noqa: BLE001 - reported to the caller, the old map stays
+            response.success, response.message = False, f"reload failed, keeping the old map: {err}"
+            return response
+        with self._loc_lock:
+            self.localizer = loc
+        response.success, response.message = True, f"loaded {self.p('map_path')} ({loc.front_end_name})"
+        self.get_logger().info(response.message)
+        return response
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = LocalizerNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    if node.p("autostart"):
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: configure failed")
+        else:
+            node.trigger_activate()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop_worker()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

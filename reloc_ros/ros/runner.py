@@ -1,0 +1,286 @@
+"""``reloc-launch``: start the nodes as subprocesses (the wheels have no ``launch``/``ros2 run``) and drive the
+localizer's lifecycle.
+
+    reloc-launch localizer --params config/localizer.yaml [-p name:=value ...] [--remap from:=to ...]
+                 [--name NODE] [--no-activate] [--domain-id N]
+    reloc-launch mapper --params config/mapper.yaml [...]
+
+Python API (used by tests, the demo and ``reloc-eval-bag``)::
+
+    env = ros_env(domain_id=42)                     # HOME, LOCALHOST discovery, Fast DDS SHM profile, glibc tunables
+    h = start_localizer("config/localizer.yaml", {"map_path": "m.safetensors"}, env=env, log_path="loc.log")
+    h.wait_active(timeout=60)                        # configure -> activate via lifecycle_msgs services
+    ...
+    h.stop()                                         # SIGINT, then SIGKILL after a grace period
+
+Children run with this interpreter (the venv's python) and the parent's environment, so the ROS wheels'
+bootstrapper settings (LD_LIBRARY_PATH, _ROS_WHEELS_BOOTSTRAP_COMPLETE) carry over.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["ros_env", "fastdds_profile_path", "NodeProcess", "start_node", "start_localizer", "start_mapper",
+           "LifecycleError", "main"]
+
+REPO = Path(__file__).resolve().parents[2]
+GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
+NODE_MODULES = {"localizer": "reloc_ros.ros.localizer_node", "mapper": "reloc_ros.ros.mapper_node"}
+DEFAULT_NAMES = {"localizer": "reloc_localizer", "mapper": "reloc_mapper"}
+
+
+class LifecycleError(RuntimeError):
+    """A lifecycle transition that failed or timed out (the message says which and points at the node's log)."""
+
+
+def _share_dir() -> Path | None:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("reloc_ros"))
+    except Exception:  # noqa: BLE001 - ament_index is optional (absent with the pip wheels)
+        return None
+
+
+def fastdds_profile_path() -> Path:
+    """config/fastdds_shm.xml of the checkout, else of the installed package share directory."""
+    for base in (REPO, _share_dir()):
+        if base is not None and (base / "config" / "fastdds_shm.xml").is_file():
+            return base / "config" / "fastdds_shm.xml"
+    raise FileNotFoundError("config/fastdds_shm.xml not found in the checkout or the reloc_ros share directory")
+
+
+def ros_env(base: dict | None = None, domain_id: int | None = None, fastdds_profile: bool = True) -> dict:
+    """Environment for ROS processes: the parent's, plus HOME (rclpy logging needs it), localhost-only discovery,
+    the Fast DDS SHM profile, the glibc allocator tunables, unbuffered Python and ``ROS_DOMAIN_ID`` when given.
+    Values already set in ``base`` win (except ``domain_id``, which is explicit)."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("HOME", tempfile.gettempdir())
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if fastdds_profile:
+        env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(fastdds_profile_path()))
+    if domain_id is not None:
+        env["ROS_DOMAIN_ID"] = str(int(domain_id))
+    return env
+
+
+class _Raw(str):
+    """A command-line value passed through verbatim (the ROS argument parser types it)."""
+
+
+def _fmt_value(v) -> str:
+    """A Python value as a ``-p name:=value`` YAML literal."""
+    if isinstance(v, _Raw):
+        return str(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return v if v else "''"
+    return repr(v)
+
+
+class NodeProcess:
+    """A node running in a child process. ``pid``, ``returncode``, ``log_path``; ``wait_active`` drives the lifecycle
+    (localizer) or waits for the node's services (mapper); ``stop`` sends SIGINT then SIGKILL."""
+
+    def __init__(self, kind: str, name: str, cmd: list[str], env: dict, log_path: str | Path | None = None):
+        self.kind, self.name, self.cmd, self.env = kind, name, cmd, env
+        self.log_path = Path(log_path) if log_path else None
+        out = open(self.log_path, "wb") if self.log_path else None
+        self._log_file = out
+        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 3000) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return "(log on the console)"
+        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+
+    def wait_active(self, timeout: float = 120.0) -> "NodeProcess":
+        """Localizer: configure then activate (raises LifecycleError on failure). Mapper: wait for its services."""
+        domain = int(self.env.get("ROS_DOMAIN_ID", "0") or 0)
+        with _ClientNode(domain) as client:
+            if self.kind == "localizer":
+                client.lifecycle(self, timeout)
+            else:
+                client.wait_for_service(self, f"/{self.name}/build_map", timeout)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGINT (like Ctrl-C), wait ``timeout`` s, then SIGKILL. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class _ClientNode:
+    """A throw-away rclpy node in its own Context (does not touch the caller's rclpy.init)."""
+
+    def __init__(self, domain_id: int):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.rclpy = rclpy
+        self.ctx = rclpy.Context()
+        rclpy.init(args=[], context=self.ctx, domain_id=domain_id)  # not sys.argv (reloc-launch arguments)
+        self.node = rclpy.create_node(f"reloc_launch_{os.getpid()}_{int(time.monotonic() * 1e3) % 100000}",
+                                      context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.ctx)
+
+    def _call(self, client, request, proc: NodeProcess, deadline: float, what: str):
+        while not client.wait_for_service(timeout_sec=0.1):
+            if not proc.alive():
+                raise LifecycleError(f"{proc.name} exited (code {proc.returncode}) before {what}:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise LifecycleError(f"{proc.name}: service for {what} did not appear:\n{proc.log_tail()}")
+        fut = client.call_async(request)
+        while not fut.done():
+            self.executor.spin_once(timeout_sec=0.1)
+            if not proc.alive():
+                raise LifecycleError(f"{proc.name} exited (code {proc.returncode}) during {what}:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise LifecycleError(f"{proc.name}: {what} timed out:\n{proc.log_tail()}")
+        return fut.result()
+
+    def wait_for_service(self, proc: NodeProcess, service: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while True:
+            names = [n for n, _ in self.node.get_service_names_and_types()]
+            if service in names:
+                return
+            if not proc.alive():
+                raise LifecycleError(f"{proc.name} exited (code {proc.returncode}):\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise LifecycleError(f"{proc.name}: service {service} did not appear:\n{proc.log_tail()}")
+            self.executor.spin_once(timeout_sec=0.1)
+
+    def lifecycle(self, proc: NodeProcess, timeout: float):
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
+        deadline = time.monotonic() + timeout
+        get = self.node.create_client(GetState, f"/{proc.name}/get_state")
+        change = self.node.create_client(ChangeState, f"/{proc.name}/change_state")
+        state = self._call(get, GetState.Request(), proc, deadline, "get_state").current_state.label
+        steps = {"unconfigured": [("configure", Transition.TRANSITION_CONFIGURE),
+                                  ("activate", Transition.TRANSITION_ACTIVATE)],
+                 "inactive": [("activate", Transition.TRANSITION_ACTIVATE)], "active": []}
+        if state not in steps:
+            raise LifecycleError(f"{proc.name} is in lifecycle state {state!r}")
+        for label, tid in steps[state]:
+            req = ChangeState.Request()
+            req.transition.id = tid
+            if not self._call(change, req, proc, deadline, label).success:
+                raise LifecycleError(f"{proc.name}: transition {label} failed (see its log):\n{proc.log_tail()}")
+
+
+def start_node(kind: str, params_file: str | Path | None = None, overrides: dict | None = None,
+               env: dict | None = None, name: str | None = None, remaps: dict | None = None,
+               log_path: str | Path | None = None) -> NodeProcess:
+    """Start ``kind`` ('localizer' | 'mapper') as ``python -m <module> --ros-args ...`` with ``env`` (default
+    ``ros_env()``). ``overrides``: parameter values (``-p``), ``remaps``: topic remappings (``-r from:=to``)."""
+    if kind not in NODE_MODULES:
+        raise ValueError(f"unknown node {kind!r}; choose one of {sorted(NODE_MODULES)}")
+    name = name or DEFAULT_NAMES[kind]
+    cmd = [sys.executable, "-m", NODE_MODULES[kind], "--ros-args", "-r", f"__node:={name}"]
+    if params_file is not None:
+        if not Path(params_file).is_file():
+            raise FileNotFoundError(f"parameter file {params_file} does not exist")
+        cmd += ["--params-file", str(params_file)]
+    for k, v in (overrides or {}).items():
+        cmd += ["-p", f"{k}:={_fmt_value(v)}"]
+    for a, b in (remaps or {}).items():
+        cmd += ["-r", f"{a}:={b}"]
+    return NodeProcess(kind, name, cmd, env if env is not None else ros_env(), log_path)
+
+
+def start_localizer(params_file=None, overrides=None, env=None, **kw) -> NodeProcess:
+    return start_node("localizer", params_file, overrides, env, **kw)
+
+
+def start_mapper(params_file=None, overrides=None, env=None, **kw) -> NodeProcess:
+    return start_node("mapper", params_file, overrides, env, **kw)
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    out = {}
+    for it in items:
+        if ":=" not in it:
+            raise SystemExit(f"{what} expects name:=value, got {it!r}")
+        k, v = it.split(":=", 1)
+        out[k] = v
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="reloc-launch", description=__doc__.split("\n\n")[0])
+    ap.add_argument("node", choices=sorted(NODE_MODULES))
+    ap.add_argument("--params", type=Path, help="parameter YAML (config/localizer.yaml, config/mapper.yaml)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE")
+    ap.add_argument("--remap", action="append", default=[], metavar="FROM:=TO")
+    ap.add_argument("--name", help="node name (default reloc_localizer / reloc_mapper)")
+    ap.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID for the node")
+    ap.add_argument("--no-activate", action="store_true", help="leave the localizer unconfigured")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for configure + activate")
+    args = ap.parse_args(argv)
+    env = ros_env(domain_id=args.domain_id)
+    overrides = _pairs(args.param, "-p")
+    h = start_node(args.node, args.params, {k: _Raw(v) for k, v in overrides.items()}, env, args.name,
+                   _pairs(args.remap, "--remap"))
+    forward = lambda sig, _frame: h.proc.send_signal(sig) if h.alive() else None  # noqa: E731
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    if args.node == "localizer" and not args.no_activate:
+        try:
+            h.wait_active(args.timeout)
+            print(f"[reloc-launch] {h.name} (pid {h.pid}) is active", flush=True)
+        except LifecycleError as err:
+            print(f"[reloc-launch] {err}", file=sys.stderr)
+            h.stop()
+            return 1
+    return h.proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
