@@ -1,0 +1,20 @@
+"""Front end B — ACE: a frozen scene-agnostic dense encoder (XFeat by default, or ACE's own encoder) and a per-scene
+MLP head regressing 3D scene coordinates per 8×8 cell, mapped in minutes (``reloc_ros.frontends.ace.train.train``),
+localized with PnP inside RANSAC (``reloc_ros.frontends.ace.frontend.AceFrontEnd``).
+
+Modules: ``encoders`` (XFeat / ACE encoders), ``head`` (the MLP), ``buffer`` (augmented feature buffer), ``train``
+(``DEFAULT_CONF``, ``train(conf, dataset, out_path)``), ``frontend`` (``AceFrontEnd.from_map(...).localize(...)``).
+"""
+from __future__ import annotations
+
+__all__ = ["AceFrontEnd", "DEFAULT_CONF"]
+
+
+def __getattr__(name):  # lazy, so that importing the package stays cheap
+    if name == "AceFrontEnd":
+        from .frontend import AceFrontEnd
+        return AceFrontEnd
+    if name == "DEFAULT_CONF":
+        from .train import DEFAULT_CONF
+        return DEFAULT_CONF
+    raise AttributeError(name)

@@ -1,0 +1,146 @@
+"""ACE front end at localization time: encoder → head (scene coordinates per 8×8 cell) → PnP inside RANSAC."""
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from ...estimators.pnp import pnp_ransac
+from ...geometry.camera import Camera
+from ..base import LocalizationResult
+from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor
+from .head import SceneCoordinateHead
+from .train import autocast_context
+
+__all__ = ["AceFrontEnd", "DEFAULT_OPTIONS"]
+
+DEFAULT_OPTIONS = {
+    "backend": "opencv",       # PnP RANSAC: "opencv" (USAC, fastest here) | "poselib" | "pycolmap" (RESULTS_ace.md)
+    "threshold_px": 10.0,      # RANSAC inlier threshold in pixels of the resized image
+    "max_iterations": 10000,
+    "confidence": 0.9999,
+    "min_inliers": 30,         # fewer → success False, reason "too_few_inliers"
+    "num_cells": None,         # cells passed to the head and RANSAC, best XFeat reliability first; None = all (the
+                               # reliability top-2000 lost 6 points of 10cm/5° recall on 7-Scenes: RESULTS_ace.md)
+    "encoder_precision": "fp32",  # encoder autocast: "fp32" (as the training buffer) | "bf16" | "fp16" (CUDA)
+    "head_precision": "bf16",  # head autocast (training default is bf16): "fp32" | "bf16" | "fp16" (CUDA)
+    "confidence_inliers": 300, # inliers at which the confidence saturates (see ``_confidence``)
+    "encoder_weights": None,   # overrides the ACE encoder weights path stored in the map
+}
+
+
+class AceFrontEnd:
+    """Scene-coordinate regression with a frozen encoder and a per-scene head (front end "ace")."""
+
+    name = "ace"
+
+    def __init__(self, encoder, head: SceneCoordinateHead, feature_mean, feature_std, image_height: int,
+                 device="cpu", **options):
+        unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown ACE front-end option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
+        self.options = {**DEFAULT_OPTIONS, **options}
+        self.device = str(device)
+        self.encoder = encoder.eval()
+        self.head = head.eval().to(self.device)
+        self.feature_mean = feature_mean.float().to(self.device)
+        self.feature_std = feature_std.float().to(self.device)
+        self.image_height = int(image_height)
+
+    @classmethod
+    def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "AceFrontEnd":
+        """Build from ``load_map`` output. ``options``: see ``DEFAULT_OPTIONS``."""
+        if metadata.get("front_end") != "ace":
+            raise ValueError(f"not an ACE map (front_end={metadata.get('front_end')!r})")
+        hc = metadata["head"]
+        head = SceneCoordinateHead(hc["in_dim"], hc["width"], hc["num_blocks"], hc["homogeneous"])
+        sd = {k[len("head."):]: v.float() for k, v in tensors.items() if k.startswith("head.")}
+        head.load_state_dict(sd)
+        encoder = make_encoder(metadata["encoder"], device, weights=options.get("encoder_weights"))
+        if encoder.dim != hc["in_dim"]:
+            raise ValueError(f"encoder {metadata['encoder']} gives {encoder.dim}-d features, the head expects "
+                             f"{hc['in_dim']}")
+        return cls(encoder, head, tensors["feature_mean"], tensors["feature_std"], metadata["image_height"], device,
+                   **options)
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray, camera: Camera, timings: dict | None = None, num_cells="default"):
+        """Scene coordinates of the selected cells: (uv (M, 2) pixels of the resized image, X (M, 3) world m,
+        score (M,) encoder cell score or None, resized camera). ``num_cells``: the best-scored cells to keep
+        (default: the ``num_cells`` option; None = all; encoders without a score always give all cells)."""
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+        if (image.shape[1], image.shape[0]) != (camera.width, camera.height):
+            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but the camera is "
+                             f"{camera.width}x{camera.height}")
+        s = self.image_height / image.shape[0]
+        cam = camera
+        if abs(s - 1) > 1e-9:
+            cam = camera.scaled(s)
+            image = cv2.resize(image, (cam.width, cam.height), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        gray = rgb_to_gray_tensor(image, self.device)
+        t1 = time.perf_counter()
+        with autocast_context(self.device, self.options["encoder_precision"]):
+            f, score = self.encoder(gray)
+        C, h, w = f.shape[1:]
+        f = f[0].reshape(C, -1).T.float()
+        self._sync()
+        t2 = time.perf_counter()
+        uv = cell_centers(h, w)
+        k = self.options["num_cells"] if num_cells == "default" else num_cells
+        sc = None
+        if score is not None:
+            sc = score[0, 0].reshape(-1).float()
+            if k is not None and k < len(uv):
+                sel = torch.topk(sc, int(k)).indices
+                f, sc = f[sel], sc[sel]
+                uv = uv[sel.cpu().numpy()]
+            sc = sc.cpu().numpy()
+        x = (f - self.feature_mean) / self.feature_std
+        with autocast_context(self.device, self.options["head_precision"]):
+            X = self.head(x)
+        X = X.float().cpu().numpy().astype(np.float64)
+        t3 = time.perf_counter()
+        timings.update(preprocess=(t1 - t0) * 1e3, encoder=(t2 - t1) * 1e3, head=(t3 - t2) * 1e3)
+        return uv, X, sc, cam
+
+    def solve(self, uv: np.ndarray, X: np.ndarray, cam: Camera, **overrides):
+        """``pnp_ransac`` on predicted correspondences with the front end's options (``overrides`` win)."""
+        o = {**self.options, **overrides}
+        finite = np.all(np.isfinite(X), 1)
+        return pnp_ransac(uv[finite], X[finite], cam, threshold_px=o["threshold_px"],
+                          max_iterations=o["max_iterations"], confidence=o["confidence"],
+                          min_inliers=o["min_inliers"], backend=o["backend"])
+
+    def _sync(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def localize(self, image: np.ndarray, camera: Camera) -> LocalizationResult:
+        t0 = time.perf_counter()
+        timings: dict = {}
+        uv, X, _, cam = self.predict(image, camera, timings)
+        t1 = time.perf_counter()
+        res = self.solve(uv, X, cam)
+        t2 = time.perf_counter()
+        timings["solver"] = (t2 - t1) * 1e3
+        timings["network"] = timings["encoder"] + timings["head"]
+        timings["total"] = (t2 - t0) * 1e3
+        if not res.success:
+            reason = "too_few_inliers" if res.reason in ("too_few_inliers", "too_few_points", "ransac_failed") \
+                else res.reason
+            return LocalizationResult(False, None, None, 0.0, self.name, reason, res.num_inliers,
+                                      res.inlier_ratio, 0.0, timings)
+        return LocalizationResult(True, res.T_world_cam, res.covariance, self._confidence(res), self.name, "ok",
+                                  res.num_inliers, res.inlier_ratio, float(res.num_inliers), timings)
+
+    def _confidence(self, res) -> float:
+        """Heuristic in [0, 1]: saturating in the inlier count (``confidence_inliers``) times
+        ``sqrt(inlier ratio / 0.3)`` capped at 1 (ratios ≥ 30 % are typical of correct poses on 7-Scenes)."""
+        a = min(1.0, res.num_inliers / float(self.options["confidence_inliers"]))
+        b = min(1.0, float(np.sqrt(res.inlier_ratio / 0.3)))
+        return float(a * b)
