@@ -31,7 +31,7 @@ def _est_from_error(T_gt: np.ndarray, e: np.ndarray) -> np.ndarray:
 # ---- stamp matching ----------------------------------------------------------------------------------------------
 def test_match_by_stamp_tolerance_missing_and_duplicates():
     gt = np.array([0, 100, 200, 300, 400], dtype=np.int64) * 1_000_000      # 10 Hz in ns
-    est = np.array([100_000_300, 299_999_000, 305_000_000, 900_000_000, -5])  # jitter, duplicate near 300, strays
+    est = np.array([100_000_300, 299_999_000, 305_000_000, 900_000_000, -5_000_000])  # jitter, duplicate near 300, strays
     g, e = match_by_stamp(gt, est, tol_ns=1_000_000)
     assert g.tolist() == [1, 3] and e.tolist() == [0, 1]
     # the closer of two estimates near the same ground truth wins, whatever their order
@@ -53,6 +53,7 @@ def test_replay_metrics_known_errors():
     # errors by frame: 10 frames at 1 cm / 1 deg, 4 at 3 cm / 3 deg, 2 at 8 cm / 4 deg, 1 false accept (1 m),
     # 3 frames rejected (status but no pose); frames 18, 19 never answered (dropped)
     plan = [(0.01, 1.0)] * 10 + [(0.03, 3.0)] * 4 + [(0.08, 4.0)] * 2 + [(1.0, 20.0)] + [None] * 3
+    reasons = {17: "stale_frame"}  # the one rejected frame was replaced by a newer one before processing
     poses, statuses = [], []
     for i, err in enumerate(plan):
         if i >= 18:
@@ -61,7 +62,8 @@ def test_replay_metrics_known_errors():
         if accepted:
             T = perturb_T(gt[i], err[0], err[1], rng)
             poses.append({"stamp_ns": int(stamps[i]) + 200, "T": T, "covariance": None})
-        statuses.append({"stamp_ns": int(stamps[i]), "accepted": accepted, "reason": "ok" if accepted else "low_confidence",
+        reason = "ok" if accepted else reasons.get(i, "low_confidence")
+        statuses.append({"stamp_ns": int(stamps[i]), "accepted": accepted, "reason": reason,
                          "latency_since_stamp_ms": 40.0 + i, "latency_total_ms": 30.0, "frames_dropped": 0})
     sent = stamps.tolist() + [stamps[-1] + 10**9]  # one frame without ground truth
     m = replay_metrics(stamps, gt, sent, poses, statuses)
@@ -71,11 +73,11 @@ def test_replay_metrics_known_errors():
     assert m["recall_5cm_5deg"] == pytest.approx(14 / 20)
     assert m["recall_10cm_5deg"] == pytest.approx(16 / 20)
     assert m["false_accepts"] == 1 and m["false_accept_rate"] == pytest.approx(1 / 17)
-    assert m["dropped_frames"] == 3  # frames 18, 19 and the extra frame got no status
-    assert m["median_translation_m"] == pytest.approx(0.03, abs=1e-9)  # 10 at 1 cm, then 3 cm ones, then inf
-    assert m["median_rotation_deg"] == pytest.approx(3.0, abs=1e-6)
+    assert m["dropped_frames"] == 4  # frames 18, 19 and the extra frame got no status; 17 was stale
+    assert m["median_translation_m"] == pytest.approx(0.02, abs=1e-9)  # mean of the 10th (1 cm) and 11th (3 cm)
+    assert m["median_rotation_deg"] == pytest.approx(2.0, abs=1e-6)
     assert m["latency_ms_median"] == pytest.approx(np.median(40.0 + np.arange(17)))
-    assert m["reasons"] == {"ok": 17, "low_confidence": 1}
+    assert m["reasons"] == {"ok": 17, "stale_frame": 1}
     assert np.isnan(m["nees_inside_95"])  # no covariance was published
 
 

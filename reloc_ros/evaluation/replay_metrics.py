@@ -34,7 +34,8 @@ def replay_metrics(gt_stamps_ns, gt_poses, sent_stamps_ns, poses: list[dict], st
 
     Returns the reloc-eval keys plus ``availability`` (share of sent frames with an accepted pose),
     ``false_accept_rate`` (share of accepted poses worse than 0.5 m or 10°), ``false_accepts``,
-    ``dropped_frames`` (sent frames the node never reported a status for), ``node_frames_dropped`` (its counter),
+    ``dropped_frames`` (sent frames the node skipped: no status at all, or status ``stale_frame`` because a newer
+    frame replaced it before the worker took it), ``node_frames_dropped`` (its counter),
     ``nees_inside_95`` (6 dof) and ``nees_position_inside_95`` (3 dof), ``reasons`` (status reason counts), and
     ``per_frame`` (stamp, errors, accepted) and the arrays needed by the plots under ``_arrays``.
     """
@@ -84,7 +85,8 @@ def replay_metrics(gt_stamps_ns, gt_poses, sent_stamps_ns, poses: list[dict], st
     out["availability"] = float(n_acc / query_stamps.size) if query_stamps.size else float("nan")
     out["false_accepts"] = false_acc
     out["false_accept_rate"] = float(false_acc / n_acc) if n_acc else float("nan")
-    out["dropped_frames"] = int(sent.size - np.unique(sent_with_status).size)
+    stale = {int(s["stamp_ns"]) for s in statuses if s.get("reason") == "stale_frame"}
+    out["dropped_frames"] = int(sent.size - np.unique(sent_with_status).size) + sum(int(x) in stale for x in sent)
     counters = [int(s.get("frames_dropped", 0) or 0) for s in statuses]
     out["node_frames_dropped"] = max(counters) if counters else 0
     out["queries_with_status"] = int(np.unique(qs_idx).size)
