@@ -1,0 +1,185 @@
+"""Inference of the implicit front end: image + camera → ``LocalizationResult`` (pose, covariance, confidence).
+
+Pipeline: undistort (when the camera has distortion) → resize to the map's input size (K scaled with
+``Camera.resized``) → network → camera points ``P_i = ray_i·depth_i`` → weighted Kabsch to the scene points
+``Q_i`` → ``T_world_cam``.
+
+Covariance model. The pose minimises ``E = Σ w_i ‖R P_i + t − Q_i‖²``. Treat ``r_i`` as independent Gaussian
+residuals with covariance ``σ²/w_i · I₃``; with the right perturbation ``T·Exp(ρ, φ)`` (``se3_exp_right``:
+``t' = t + Rρ``, ``R' = R Exp(φ)``) the Jacobian of ``r_i`` is ``J_i = R [I₃, −[P_i]×]``, the Gauss–Newton
+Hessian ``H = Σ w_i J_iᵀ J_i`` and ``Σ_right = ŝ · σ̂² H⁻¹`` with ``σ̂² = Σ w_i ‖r_i‖² / (3N − 6)``;
+``covariance_right_to_world`` turns it into the (position, left rotation) world convention. The network's errors
+are spatially correlated (neighbouring cells share most of their receptive field), so the independent-residual
+covariance is too small; ``cov_inflation`` (ŝ) is the factor calibrated on 7-Scenes query errors in
+benchmarks/RESULTS_implicit.md.
+
+Confidence (∈ [0, 1]): ``exp(−σ_pos / confidence_scale_m)`` with ``σ_pos = √trace(Σ_position)`` (m) from the
+calibrated covariance above: it falls when the cells disagree on one rigid motion (large Kabsch residuals) or when
+few cells carry weight. (The raw mean weight is a poor absolute score: the network learns small weights overall.)
+"""
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from ...geometry.camera import Camera, InvalidCameraError
+from ...geometry.kabsch import DegenerateWeightsError
+from ...geometry.pose import covariance_right_to_world, make_T
+from ...map_file import MapFileError, load_map
+from ..base import LocalizationResult
+from .model import ImplicitPoseNet, camera_rays, normalize_images
+from .train import IMPLICIT_MAP_VERSION, model_conf_keys
+
+__all__ = ["ImplicitFrontEnd", "load_implicit_map", "model_from_map", "pose_covariance"]
+
+
+def model_from_map(tensors: dict, metadata: dict, device="cpu") -> ImplicitPoseNet:
+    """Build the network described by an implicit map's metadata and load its tensors (MapFileError if they do
+    not fit)."""
+    if metadata.get("front_end") != "implicit":
+        raise MapFileError(f"map is for front end {metadata.get('front_end')!r}, not 'implicit'")
+    version = metadata.get("implicit_version")
+    if not isinstance(version, int) or version > IMPLICIT_MAP_VERSION:
+        raise MapFileError(f"implicit map version {version!r} is not supported (<= {IMPLICIT_MAP_VERSION})")
+    missing = [k for k in ("model", "scene_centre", "scene_extent_m") if k not in metadata]
+    mconf = metadata.get("model", {})
+    missing += [f"model.{k}" for k in model_conf_keys() if k not in mconf]
+    if missing:
+        raise MapFileError(f"implicit map metadata lacks {missing}")
+    try:
+        model = ImplicitPoseNet(mconf["arch"], int(mconf["output_stride"]), bool(mconf["dilated"]),
+                                int(mconf["head_channels"]), int(mconf["head_layers"]), metadata["scene_centre"],
+                                float(metadata["scene_extent_m"]), float(mconf["d_min"]), float(mconf["d_max"]))
+        model.load_state_dict({k: v.to("cpu") for k, v in tensors.items()}, strict=True)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise MapFileError(f"implicit map tensors do not fit the network its metadata describes: {e}") from e
+    return model.to(device).eval()
+
+
+def pose_covariance(R: np.ndarray, t: np.ndarray, P: np.ndarray, Q: np.ndarray, w: np.ndarray,
+                    inflation: float = 1.0) -> tuple[np.ndarray, float]:
+    """6×6 world-convention covariance of ``T_world_cam = [R | t]`` fitted to ``Q ≈ R P + t`` with weights ``w``
+    (see the module docstring), and the weighted RMS residual (m)."""
+    r = P @ R.T + t - Q
+    wsum = w.sum()
+    n = len(w)
+    sigma2 = float((w * (r ** 2).sum(-1)).sum() / max(3 * n - 6, 1))
+    # H = Σ w [[I, −[P]×], [[P]×, −[P]×²]] (R cancels: RᵀR = I)
+    Px = np.zeros((n, 3, 3))
+    Px[:, 0, 1], Px[:, 0, 2], Px[:, 1, 2] = -P[:, 2], P[:, 1], -P[:, 0]
+    Px[:, 1, 0], Px[:, 2, 0], Px[:, 2, 1] = P[:, 2], -P[:, 1], P[:, 0]
+    H = np.zeros((6, 6))
+    H[:3, :3] = wsum * np.eye(3)
+    H[:3, 3:] = -(w[:, None, None] * Px).sum(0)
+    H[3:, :3] = H[:3, 3:].T
+    H[3:, 3:] = -(w[:, None, None] * (Px @ Px)).sum(0)
+    cov_right = inflation * sigma2 * np.linalg.inv(H)
+    rms = float(np.sqrt((w * (r ** 2).sum(-1)).sum() / max(wsum, 1e-12)))
+    return covariance_right_to_world(make_T(R, t), cov_right), rms
+
+
+class ImplicitFrontEnd:
+    """Front end A. Build with ``from_map`` (or ``load_implicit_map``); ``localize(image, camera)``.
+
+    Options: ``bf16`` (autocast the network; ~1.5× faster on AMX CPUs), ``channels_last`` (default True),
+    ``threads`` (torch intra-op threads; None leaves torch's setting), ``cov_inflation`` (see module docstring),
+    ``confidence_scale_m`` (confidence), ``min_weight_mass`` (below it: ``success=False``, reason "low_confidence").
+    """
+
+    name = "implicit"
+
+    def __init__(self, model: ImplicitPoseNet, metadata: dict, device="cpu", bf16: bool = False,
+                 channels_last: bool = True, threads: int | None = None, cov_inflation: float = 240.0,
+                 confidence_scale_m: float = 0.25, min_weight_mass: float = 3.0):
+        self.model, self.metadata, self.device = model, metadata, torch.device(device)
+        self.bf16, self.channels_last = bool(bf16), bool(channels_last)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if threads:
+            torch.set_num_threads(int(threads))
+        m = metadata["model"]
+        self.width, self.height = int(m["image_width"]), int(m["image_height"])
+        self.stride = int(m["output_stride"])
+        self.cov_inflation, self.confidence_scale_m = float(cov_inflation), float(confidence_scale_m)
+        self.min_weight_mass = float(min_weight_mass)
+        self._rays: dict = {}
+
+    @classmethod
+    def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "ImplicitFrontEnd":
+        return cls(model_from_map(tensors, metadata, device), metadata, device, **options)
+
+    def _rays_for(self, cam: Camera) -> torch.Tensor:
+        key = tuple(np.round(cam.K.ravel(), 9))
+        if key not in self._rays:
+            self._rays = {key: torch.as_tensor(camera_rays(cam, self.stride), dtype=torch.float32,
+                                               device=self.device)}
+        return self._rays[key]
+
+    def _fail(self, reason: str, timings: dict) -> LocalizationResult:
+        return LocalizationResult(False, None, None, 0.0, self.name, reason=reason, timings_ms=timings)
+
+    def preprocess(self, image: np.ndarray, camera: Camera) -> tuple[torch.Tensor, Camera]:
+        """Undistort, resize to the map's input size → (network input (1, 3, H, W), its pinhole camera)."""
+        if camera.is_distorted:
+            image = camera.undistort_image(image)
+            camera = Camera(camera.width, camera.height, camera.K)
+        if (image.shape[1], image.shape[0]) != (self.width, self.height):
+            shrink = image.shape[1] > self.width
+            image = cv2.resize(image, (self.width, self.height),
+                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            camera = camera.resized(self.width, self.height)
+        return normalize_images(image, self.device, self.channels_last), camera
+
+    @torch.inference_mode()
+    def localize(self, image: np.ndarray, camera: Camera) -> LocalizationResult:
+        """Localize one (H, W, 3) uint8 RGB image seen by ``camera``; never raises on bad input (the result's
+        ``reason`` says what was wrong: "bad_encoding", "size_mismatch", "bad_intrinsics", "low_confidence")."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
+            return self._fail("bad_encoding", timings)
+        if (image.shape[1], image.shape[0]) != camera.size:
+            return self._fail("size_mismatch", timings)
+        try:
+            camera.validate()
+        except InvalidCameraError:
+            return self._fail("bad_intrinsics", timings)
+        x, cam_in = self.preprocess(image, camera)
+        rays = self._rays_for(cam_in)
+        t1 = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        P = ImplicitPoseNet.camera_points(out["depth"], rays)
+        try:
+            R, t = ImplicitPoseNet.solve(P, out["scene"], out["weight"], check=True)
+        except DegenerateWeightsError:
+            timings.update(preprocess=1e3 * (t1 - t0), network=1e3 * (t2 - t1))
+            return self._fail("low_confidence", timings)
+        R, t = R[0].cpu().numpy(), t[0].cpu().numpy()
+        Pn = P[0].double().cpu().numpy()
+        Qn = out["scene"][0].double().cpu().numpy()
+        wn = out["weight"][0].double().cpu().numpy()
+        cov, rms = pose_covariance(R, t, Pn, Qn, wn, self.cov_inflation)
+        t3 = time.perf_counter()
+        mass = float(wn.sum())
+        sigma_pos = float(np.sqrt(max(np.trace(cov[:3, :3]), 0.0)))
+        conf = float(np.exp(-sigma_pos / self.confidence_scale_m)) if np.isfinite(sigma_pos) else 0.0
+        timings.update(preprocess=1e3 * (t1 - t0), network=1e3 * (t2 - t1), solver=1e3 * (t3 - t2),
+                       total=1e3 * (t3 - t0))
+        ok = mass >= self.min_weight_mass and np.all(np.isfinite(cov))
+        if not ok:
+            return LocalizationResult(False, None, None, conf, self.name, reason="low_confidence",
+                                      weight_mass=mass, timings_ms=timings)
+        return LocalizationResult(True, make_T(R, t), cov, conf, self.name, weight_mass=mass, timings_ms=timings)
+
+
+def load_implicit_map(path, device: str = "cpu", **options) -> ImplicitFrontEnd:
+    """Load an implicit map file and build its front end (``MapFileError`` for unusable files)."""
+    tensors, meta = load_map(path, device="cpu")
+    return ImplicitFrontEnd.from_map(tensors, meta, device=device, **options)
