@@ -25,10 +25,17 @@ def test_package_xml_declares_ros_dependencies():
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
 def test_full_ament_build_installs_package(tmp_path):
-    prefix, build = tmp_path / "install", tmp_path / "build"
+    # colcon builds from <ws>/src/reloc_ros: copy the package there (the dev venv lives inside the checkout,
+    # which CMake rejects as an include path "prefixed in the source directory").
+    src, prefix, build = tmp_path / "src" / "reloc_ros", tmp_path / "install", tmp_path / "build"
+    for name in ("CMakeLists.txt", "package.xml"):
+        src.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, src / name)
+    for name in ("msg", "reloc_ros", "launch", "config", "scripts"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     env = dict(os.environ, AMENT_PREFIX_PATH=str(VENV))
-    common = dict(cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    r = subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={prefix}",
+    common = dict(cwd=src, env=env, capture_output=True, text=True, timeout=400)
+    r = subprocess.run(["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={prefix}",
                         f"-DCMAKE_PREFIX_PATH={VENV}", f"-DPython3_EXECUTABLE={sys.executable}",
                         "-DBUILD_TESTING=OFF"], **common)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

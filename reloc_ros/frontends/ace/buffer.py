@@ -10,6 +10,7 @@ leaves the warped image are not sampled.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -78,8 +79,12 @@ def augment_view(image: np.ndarray, K: np.ndarray, rng: np.random.Generator, rot
 
 
 def fill_buffer(dataset, encoder: DenseEncoder, conf: dict, rng: np.random.Generator, device="cpu",
-                progress: bool = True) -> TrainingBuffer:
-    """Sample ``conf['buffer_size']`` cells (``conf['cells_per_view']`` per augmented view) from posed frames."""
+                progress: bool = True, deadline: float | None = None) -> TrainingBuffer:
+    """Sample ``conf['buffer_size']`` cells (``conf['cells_per_view']`` per augmented view) from posed frames.
+
+    ``deadline`` (a ``time.perf_counter()`` value): stop early, with a smaller buffer, once it has passed (frames are
+    visited in random order, so a partial buffer still covers the scene evenly).
+    """
     poses = dataset.poses()
     idx = np.flatnonzero(np.all(np.isfinite(poses.reshape(len(poses), -1)), 1))
     if len(idx) == 0:
@@ -94,6 +99,9 @@ def fill_buffer(dataset, encoder: DenseEncoder, conf: dict, rng: np.random.Gener
     with torch.inference_mode():
         for v, i in enumerate(order):
             if got >= size:
+                break
+            if deadline is not None and got > 0 and time.perf_counter() > deadline:
+                print(f"[ace] buffer time budget spent: {got} of {size} features from {v} views", flush=True)
                 break
             if int(i) not in cache:  # a view of every frame is made before any frame repeats: keep only one decoded
                 cache.clear()

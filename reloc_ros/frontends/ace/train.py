@@ -62,6 +62,8 @@ DEFAULT_CONF: dict = {
     "repro_hard_clamp_px": 1000.0, # reprojection error above which a prediction is invalid
     # budget and runtime
     "minutes": 10.0,               # total wall-clock budget (buffer + training); training stops when it is spent
+    "buffer_max_fraction": 0.4,    # the buffer stops filling (smaller than buffer_size) once this share of the
+                                   # budget is spent, so that a short or loaded run still leaves time to train
     "max_iterations": None,        # optional cap on training iterations (None: time budget only)
     "precision": "bf16",           # "fp32" | "bf16" (CPU/CUDA autocast) | "fp16" (CUDA autocast + grad scaler)
     "device": "cpu",
@@ -161,7 +163,7 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
                                 "aug_scale", "aug_brightness", "aug_contrast", "seed")}
     ckpt = None
     if conf["resume"] and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt.get("buffer_sig") != sig or ckpt.get("head_config") is None:
             print(f"[ace] checkpoint {ckpt_path} was made with other options; starting over", flush=True)
             ckpt = None
@@ -170,7 +172,8 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
         if bd.get("sig") == repr(sig):
             buffer = TrainingBuffer(**{k: bd[k] for k in ("features", "uv", "view", "K", "T_cam_world")})
     if buffer is None:
-        buffer = fill_buffer(dataset, encoder, conf, rng, device, progress)
+        deadline = t_start + float(conf["buffer_max_fraction"]) * budget_s
+        buffer = fill_buffer(dataset, encoder, conf, rng, device, progress, deadline=deadline)
         if conf["checkpoint_every_s"] and (conf["keep_checkpoint"] or budget_s > 120):
             _torch_save_atomic({**buffer.state_dict(), "sig": repr(sig)}, buf_path)
     t_buffer = time.perf_counter() - t_start
