@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LEVELS", "XFeatPyramid", "image_to_tensor", "sample_bilinear", "pixel_to_level", "reduce_and_normalize"]
+__all__ = ["LEVELS", "XFeatPyramid", "image_to_tensor", "gaussian_blur", "sample_bilinear", "pixel_to_level",
+           "reduce_and_normalize"]
 
 # name -> (stride, channels)
 LEVELS = {"b1": (2, 8), "x2": (4, 24), "x3": (8, 64), "fused": (8, 64), "x4": (16, 64)}
@@ -93,11 +94,26 @@ def image_to_tensor(image: np.ndarray, device="cpu") -> torch.Tensor:
     return torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-def reduce_and_normalize(fmap: torch.Tensor, mean: torch.Tensor | None = None, proj: torch.Tensor | None = None
-                         ) -> torch.Tensor:
-    """(C, h, w) raw features -> (h, w, D) channels-last, PCA-reduced (``(f − mean) @ proj``, proj (C, D)) when
-    given, and L2-normalised per pixel."""
-    f = fmap.permute(1, 2, 0)
+def gaussian_blur(fmap: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (std ``sigma`` cells, radius ⌈2σ⌉, replicate padding) of a (C, h, w) map."""
+    if sigma <= 0:
+        return fmap
+    r = max(1, int(np.ceil(2 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=fmap.dtype, device=fmap.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    C = fmap.shape[0]
+    f = F.pad(fmap[None], (r, r, r, r), mode="replicate")
+    f = F.conv2d(f, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
+    f = F.conv2d(f, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
+    return f[0]
+
+
+def reduce_and_normalize(fmap: torch.Tensor, mean: torch.Tensor | None = None, proj: torch.Tensor | None = None,
+                         blur_sigma: float = 0.0) -> torch.Tensor:
+    """(C, h, w) raw features -> (h, w, D) channels-last: blurred (``blur_sigma`` cells), PCA-reduced
+    (``(f − mean) @ proj``, proj (C, D)) when given, and L2-normalised per pixel."""
+    f = gaussian_blur(fmap, blur_sigma).permute(1, 2, 0)
     if proj is not None:
         f = (f - mean) @ proj
     return F.normalize(f, dim=-1).contiguous()

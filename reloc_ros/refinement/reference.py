@@ -38,6 +38,9 @@ __all__ = ["DEFAULT_CONF", "build_reference", "load_reference", "ReferenceModel"
 DEFAULT_CONF = {
     "levels": ["fused", "x2", "b1"],        # coarse to fine
     "dims": {"fused": 32, "x2": 16, "b1": 8},  # PCA output channels per level (<= the level's channels)
+    # Gaussian blur (std, cells) of each level, query and reference alike: widens the basin of the coarse levels
+    # (demo scene, 5 cm / 2° priors: 64 % -> 79-86 % converged to < 1 cm / 0.2°); the finest level stays sharp.
+    "blur": {"fused": 1.5, "x2": 1.0, "b1": 0.0},
     "points_per_image": 256,
     "cell_px": 8,                # one candidate (the strongest gradient) per cell of this size
     "min_gradient": 8.0,         # Sobel magnitude (grey levels / px) below which a pixel is not a candidate
@@ -86,10 +89,13 @@ def registered_depth(frame, unregistered: str = "error") -> np.ndarray:
     ok &= (px[:, 0] >= 0) & (px[:, 0] < cam.width) & (px[:, 1] >= 0) & (px[:, 1] < cam.height)
     z = X[ok, 2].astype(np.float32)
     px = px[ok]
-    out = np.full((cam.height, cam.width), np.inf, np.float32)
-    np.minimum.at(out, (px[:, 1], px[:, 0]), z)
-    out[~np.isfinite(out)] = 0
-    return out
+    lin = px[:, 1] * cam.width + px[:, 0]
+    order = np.lexsort((z, lin))               # by pixel, nearest first
+    first = np.unique(lin[order], return_index=True)[1]
+    keep = order[first]                        # z-buffer: the nearest depth per colour pixel
+    out = np.zeros(cam.height * cam.width, np.float32)
+    out[lin[keep]] = z[keep]
+    return out.reshape(cam.height, cam.width)
 
 
 def _select_pixels(image: np.ndarray, depth: np.ndarray, conf: dict) -> np.ndarray:
@@ -138,6 +144,7 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
     """
     conf = {**DEFAULT_CONF, **(conf or {})}
     conf["dims"] = {**DEFAULT_CONF["dims"], **(conf.get("dims") or {})}
+    conf["blur"] = {**DEFAULT_CONF["blur"], **(conf.get("blur") or {})}
     levels = list(conf["levels"])
     for lv in levels:
         if lv not in LEVELS:
@@ -186,7 +193,7 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
         maps = net(image_to_tensor(fr.image, device))
         uv_t = torch.as_tensor(uv, dtype=torch.float32, device=device)
         for lv in levels:
-            m = reduce_and_normalize(maps[lv][0], *pca[lv])
+            m = reduce_and_normalize(maps[lv][0], *pca[lv], float(conf["blur"].get(lv, 0.0)))
             f, _, _ = sample_bilinear(m, pixel_to_level(uv_t, LEVELS[lv][0]), with_grad=False)
             feats_out[lv].append(torch.nn.functional.normalize(f, dim=-1).half().cpu())
         img_ids.append(np.full(len(px), len(poses), np.int32))
@@ -212,6 +219,7 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
         "levels": levels,
         "strides": {lv: LEVELS[lv][0] for lv in levels},
         "dims": {lv: int(conf["dims"][lv]) for lv in levels},
+        "blur": {lv: float(conf["blur"].get(lv, 0.0)) for lv in levels},
         "image_names": names,
         "camera": camera.to_camera_info(),
         "conf": conf,
@@ -233,6 +241,7 @@ class ReferenceModel:
     pca: dict                 # level -> (mean (C,), proj (C, D))
     levels: list
     strides: dict
+    blur: dict                # level -> Gaussian blur std (cells) applied to query maps as to the reference's
     metadata: dict
 
     @property
@@ -266,5 +275,6 @@ def load_reference(source, device: str = "cpu") -> ReferenceModel:
              for lv in levels},
         levels=levels,
         strides={lv: int(meta["strides"][lv]) for lv in levels},
+        blur={lv: float(meta.get("blur", {}).get(lv, 0.0)) for lv in levels},
         metadata=meta,
     )

@@ -1,0 +1,104 @@
+"""The featuremetric cost of a camera pose and its Gauss-Newton normal equations (analytic Jacobians).
+
+For reference points ``X_w`` with reference features ``f_ref`` (N, D) and a query feature map ``F`` (h, w, D) of a
+level with stride ``s``, the residual of point ``i`` is ``r_i = F(π(T⁻¹ X_i)) − f_ref_i`` (D,), and the cost is
+``E(T) = Σ_i w_i ρ(‖r_i‖²)`` over the points that project inside the map, with a robust ``ρ`` (Cauchy by default)
+and optional per-point weights ``w_i``. The pose is perturbed on the right, ``T·Exp(ρ, φ)``
+(``geometry.pose.se3_exp_right``); the Jacobian of ``r_i`` is ``∂F/∂xy · (1/s) · ∂uv/∂X_c · ∂X_c/∂(ρ, φ)``, and
+the normal equations are assembled through the 2×2 products ``Gᵀ G`` (G = ∂F/∂xy, D×2) so that no (N, D, 6)
+tensor is formed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..geometry.pose import so3_exp_torch
+from ..geometry.projection_torch import project_with_jacobian, world_to_camera
+from .features import pixel_to_level, sample_bilinear
+
+__all__ = ["robust_loss", "LevelCost", "evaluate_level", "se3_exp_right_torch", "residuals"]
+
+
+def robust_loss(s: torch.Tensor, kind: str = "cauchy", scale: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ρ(s), ρ'(s))`` of squared residual norms ``s`` (N,), with ``scale`` the squared-norm scale c².
+
+    cauchy: ``c² log(1 + s/c²)``; huber: ``s`` below c², ``2c√s − c²`` above; l2: ``s``.
+    """
+    if kind == "cauchy":
+        x = s / scale
+        return scale * torch.log1p(x), 1.0 / (1.0 + x)
+    if kind == "huber":
+        root = torch.sqrt(s.clamp_min(1e-12))
+        c = scale ** 0.5
+        inl = s <= scale
+        return torch.where(inl, s, 2 * c * root - scale), torch.where(inl, torch.ones_like(s), c / root)
+    if kind == "l2":
+        return s, torch.ones_like(s)
+    raise ValueError(f"unknown robust loss {kind!r} (cauchy, huber, l2)")
+
+
+def se3_exp_right_torch(T: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """Torch twin of ``geometry.pose.se3_exp_right``: ``R' = R·Exp(φ)``, ``t' = t + R·ρ`` for ``xi = (ρ, φ)``."""
+    out = T.clone()
+    out[:3, :3] = T[:3, :3] @ so3_exp_torch(xi[3:])
+    out[:3, 3] = T[:3, 3] + T[:3, :3] @ xi[:3]
+    return out
+
+
+def residuals(T: torch.Tensor, X_w: torch.Tensor, f_ref: torch.Tensor, fmap: torch.Tensor, stride: float,
+              intr: torch.Tensor, dist: torch.Tensor | None, with_jac: bool = True):
+    """Residuals ``r`` (N, D), ``valid`` (N,) and, when ``with_jac``, ``G = ∂F/∂xy`` (N, D, 2) and
+    ``P = ∂xy/∂(ρ, φ)`` (N, 2, 6) (the full residual Jacobian is ``G @ P``)."""
+    X_c = world_to_camera(T, X_w)
+    uv, valid_z, Jp = project_with_jacobian(X_c, intr, dist, with_jac=with_jac)
+    xy = pixel_to_level(uv, stride)
+    f, G, valid_s = sample_bilinear(fmap, xy.to(fmap.dtype), with_grad=with_jac)
+    r = f - f_ref
+    valid = valid_z & valid_s
+    if not with_jac:
+        return r, valid, None, None
+    # ∂uv/∂(ρ, φ) = Jp·[−I | [X_c]_×]; row a of Jp·[X_c]_× is (Jp_a × X_c) (see pose_jacobian_right)
+    P = torch.cat([-Jp, torch.linalg.cross(Jp, X_c[:, None, :].expand_as(Jp), dim=-1)], -1) / stride
+    return r, valid, G, P
+
+
+@dataclass
+class LevelCost:
+    """Cost at one pose and level: ``cost`` (mean robust cost over valid points), ``num_valid``, ``H`` (6, 6) and
+    ``g`` (6,) of the normal equations (float64; None when not requested), ``sq_norms`` (N,), ``valid`` (N,)."""
+
+    cost: float
+    num_valid: int
+    H: torch.Tensor | None
+    g: torch.Tensor | None
+    sq_norms: torch.Tensor
+    valid: torch.Tensor
+    weighted_sq_sum: float
+
+
+def evaluate_level(T: torch.Tensor, X_w: torch.Tensor, f_ref: torch.Tensor, fmap: torch.Tensor, stride: float,
+                   intr: torch.Tensor, dist: torch.Tensor | None, loss: str = "cauchy", scale: float = 0.1,
+                   weights: torch.Tensor | None = None, with_jac: bool = True) -> LevelCost:
+    """Robust cost of pose ``T`` (4×4 float64 ``T_world_cam``) and, when ``with_jac``, its normal equations
+    ``H = Σ w ρ' Jᵀ J``, ``g = Σ w ρ' Jᵀ r`` (for the minimisation of ½ Σ w ρ(‖r‖²))."""
+    r, valid, G, P = residuals(T, X_w, f_ref, fmap, stride, intr, dist, with_jac)
+    s = (r * r).sum(-1)
+    rho, drho = robust_loss(s, loss, scale)
+    w = valid.to(r.dtype)
+    if weights is not None:
+        w = w * weights
+    n = int(valid.sum())
+    cost = float((w * rho).sum()) / max(n, 1)
+    wsq = float((w * drho * s).sum())
+    if not with_jac:
+        return LevelCost(cost, n, None, None, s, valid, wsq)
+    Gt = G.transpose(1, 2)
+    GtG = Gt @ G                                   # (N, 2, 2)
+    Gtr = Gt @ r[..., None]                        # (N, 2, 1)
+    P = P.to(G.dtype)
+    Pw = (P * (w * drho)[:, None, None]).reshape(-1, 6)   # (2N, 6)
+    H = (Pw.T @ (GtG @ P).reshape(-1, 6)).to(torch.float64)
+    g = (Pw.T @ Gtr.reshape(-1)).to(torch.float64)
+    return LevelCost(cost, n, H, g, s, valid, wsq)

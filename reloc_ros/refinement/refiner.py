@@ -1,0 +1,234 @@
+"""``FeaturemetricRefiner``: PixLoc-style refinement of a coarse camera pose against the reference model.
+
+Given a query image, its camera and a coarse ``T_world_cam`` (from a front end or a user prior), it picks reference
+images near the coarse pose, projects their points into the query, and minimises the robust featuremetric cost
+(``featuremetric.py``) over the 6-DoF pose with Levenberg-Marquardt, coarse to fine over the feature levels.
+It keeps the prior (``accepted=False`` with a ``reason``) when too few points are visible, the cost at the finest
+level rose, the update is implausibly large, or the final alignment is poor (see ``DEFAULT_REFINER_CONF``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..geometry.camera import Camera
+from ..geometry.pose import covariance_right_to_world, rotation_angle_deg
+from ..geometry.projection_torch import camera_params_torch, project, world_to_camera
+from .featuremetric import evaluate_level, se3_exp_right_torch
+from .features import XFeatPyramid, image_to_tensor, reduce_and_normalize
+from .reference import ReferenceModel, load_reference
+
+__all__ = ["FeaturemetricRefiner", "RefinementResult", "DEFAULT_REFINER_CONF", "refine_from_prior"]
+
+DEFAULT_REFINER_CONF = {
+    "num_views": 4,              # reference images whose points are used
+    "num_candidates": 12,        # nearest reference images (distance + angle) scored by visible points
+    "angle_weight_m": 0.5,       # metres per radian of optical-axis angle in the nearest-view distance
+    "max_points": 1024,
+    "min_points": 40,            # fewer visible points -> reject ("too_few_points")
+    "border_px": 4,
+    "levels": None,              # subset of the reference's levels to use (coarse to fine); None = all
+    "max_iterations": [20, 15, 10],  # per level, coarse to fine
+    "loss": "cauchy",
+    "loss_scale": 0.1,           # c² of the Cauchy loss on squared L2 distances of unit features
+    "lambda_init": 1e-3,
+    "lambda_max": 1e4,
+    "tol_translation_m": 1e-4,   # stop a level when the step is below both tolerances
+    "tol_rotation_rad": 1e-4,
+    "max_translation_m": 0.5,    # larger total updates are rejected ("update_too_large")
+    "max_rotation_deg": 20.0,
+    "max_final_cost": 0.25,      # mean robust cost at the finest level above this -> "poor_alignment"
+    "min_inlier_ratio": 0.15,    # share of points with ‖r‖² < loss_scale at the finest level below this -> "poor_alignment"
+    "cost_rise_tol": 1e-6,       # relative; a final finest-level cost above the initial one -> "cost_increased"
+}
+
+
+@dataclass
+class RefinementResult:
+    """Outcome of one refinement. ``T_world_cam`` is the refined pose when ``accepted``, else the prior.
+    ``covariance`` (6×6, world convention: position (m), left rotation about world axes (rad)) from the
+    Gauss-Newton Hessian at the finest level scaled by the residual variance (None when rejected)."""
+
+    accepted: bool
+    T_world_cam: np.ndarray
+    covariance: np.ndarray | None
+    iterations: int
+    cost_initial: float
+    cost_final: float
+    reason: str
+    num_points: int
+    confidence: float = 0.0
+    inlier_ratio: float = float("nan")    # share of visible points with ‖r‖² below the loss scale (finest level)
+    timings_ms: dict = field(default_factory=dict)
+    T_refined: np.ndarray | None = None   # the optimiser's pose even when rejected (diagnostics)
+
+    @property
+    def success(self) -> bool:
+        return self.accepted
+
+
+class FeaturemetricRefiner:
+    """LM featuremetric refinement over a loaded ``ReferenceModel``."""
+
+    def __init__(self, reference: ReferenceModel, device: str = "cpu", net: XFeatPyramid | None = None, **conf):
+        unknown = set(conf) - set(DEFAULT_REFINER_CONF)
+        if unknown:
+            raise ValueError(f"unknown refiner options {sorted(unknown)}; known: {sorted(DEFAULT_REFINER_CONF)}")
+        self.conf = {**DEFAULT_REFINER_CONF, **conf}
+        levels = list(self.conf["levels"] or reference.levels)
+        missing = [lv for lv in levels if lv not in reference.levels]
+        if missing:
+            raise ValueError(f"levels {missing} are not in the reference model (it has {reference.levels})")
+        self.levels = levels
+        its = list(self.conf["max_iterations"])
+        self.conf["max_iterations"] = (its + [its[-1]] * len(levels))[: len(levels)]
+        self.ref = reference
+        self.device = torch.device(device)
+        if net is not None and not set(levels) <= set(net.levels):
+            raise ValueError(f"the given feature network computes {net.levels}, not all of {levels}")
+        self.net = (net or XFeatPyramid(levels)).to(self.device)
+
+    @classmethod
+    def from_reference(cls, source, device: str = "cpu", **conf) -> "FeaturemetricRefiner":
+        """From a reference file path (``map_file.reference_path(map)``) or a ``(tensors, metadata)`` pair."""
+        return cls(load_reference(source, device), device, **conf)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def extract(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """Query feature maps: level -> (h, w, D) PCA-reduced, L2-normalised, channels-last."""
+        raw = self.net(image_to_tensor(image, self.device))
+        return {lv: reduce_and_normalize(raw[lv][0], *self.ref.pca[lv], self.ref.blur[lv]) for lv in self.levels}
+
+    def select_points(self, T: torch.Tensor, camera: Camera) -> torch.Tensor:
+        """Indices of reference points seen from pose ``T``: from the ``num_views`` nearby reference images with
+        the most points projecting inside the image (at most ``max_points``, best-gradient first per view)."""
+        c = self.conf
+        poses = self.ref.image_poses
+        d = torch.linalg.norm(poses[:, :3, 3] - T[:3, 3], dim=-1)
+        cosang = (poses[:, :3, 2] * T[:3, 2]).sum(-1).clamp(-1, 1)
+        score = d + c["angle_weight_m"] * torch.arccos(cosang)
+        cand = torch.argsort(score)[: c["num_candidates"]]
+        intr, dist = camera_params_torch(camera, device=self.device)
+        b = c["border_px"]
+        per_view = []
+        for i in cand.tolist():
+            s, e = int(self.ref.image_offsets[i]), int(self.ref.image_offsets[i + 1])
+            X_c = world_to_camera(T, self.ref.points_xyz[s:e])
+            uv, ok = project(X_c, intr, dist)
+            ok &= (uv[:, 0] >= b) & (uv[:, 0] <= camera.width - 1 - b) & (uv[:, 1] >= b) & \
+                  (uv[:, 1] <= camera.height - 1 - b)
+            per_view.append((int(ok.sum()), s + torch.nonzero(ok)[:, 0]))
+        per_view.sort(key=lambda x: -x[0])
+        chosen = [idx for n, idx in per_view[: c["num_views"]] if n > 0]
+        if not chosen:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        k = max(1, c["max_points"] // len(chosen))
+        return torch.cat([idx[:k] for idx in chosen])
+
+    # ---------------------------------------------------------------------------------------------------------
+    def refine(self, image: np.ndarray, camera: Camera, T_init: np.ndarray,
+               point_weights: torch.Tensor | None = None) -> RefinementResult:
+        """Refine ``T_init`` (4×4 camera-to-world) for ``image`` ((H, W, 3) uint8 RGB seen by ``camera``)."""
+        t0 = time.perf_counter()
+        c = self.conf
+        T_init = np.asarray(T_init, dtype=np.float64)
+        if T_init.shape != (4, 4) or not np.all(np.isfinite(T_init)):
+            raise ValueError(f"T_init must be a finite 4x4 matrix, got shape {T_init.shape}")
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {desc}")
+        if image.shape[:2] != (camera.height, camera.width):
+            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but the camera is "
+                             f"{camera.width}x{camera.height}")
+        timings = {}
+        T0 = torch.as_tensor(T_init, dtype=torch.float64, device=self.device)
+
+        def reject(reason, cost0=float("nan"), cost1=float("nan"), its=0, n=0, T_ref=None, inl=float("nan")):
+            timings["total"] = (time.perf_counter() - t0) * 1e3
+            return RefinementResult(False, T_init.copy(), None, its, cost0, cost1, reason, n, 0.0, inl, timings,
+                                    T_ref)
+
+        idx = self.select_points(T0, camera)
+        timings["select"] = (time.perf_counter() - t0) * 1e3
+        if idx.numel() < c["min_points"]:
+            return reject("too_few_points", n=int(idx.numel()))
+        t1 = time.perf_counter()
+        maps = self.extract(image)
+        timings["features"] = (time.perf_counter() - t1) * 1e3
+        t1 = time.perf_counter()
+        X_w = self.ref.points_xyz[idx].float()
+        w_pts = None if point_weights is None else point_weights.to(self.device)[idx]
+        intr, dist = camera_params_torch(camera, dtype=torch.float32, device=self.device)
+        dist = dist if camera.is_distorted else None
+        fine = self.levels[-1]
+
+        def ev(T, lv, jac=True):  # geometry in float32 (sub-micrometre at room scale); the LM state stays float64
+            return evaluate_level(T.float(), X_w, self.ref.features[lv][idx], maps[lv], self.ref.strides[lv], intr, dist,
+                                  c["loss"], c["loss_scale"], w_pts, jac)
+
+        cost_init_fine = ev(T0, fine, jac=False).cost
+        T = T0.clone()
+        iterations = 0
+        last = None
+        for lv, max_it in zip(self.levels, c["max_iterations"]):
+            cur = ev(T, lv)
+            if cur.num_valid < c["min_points"]:
+                return reject("too_few_points", cost_init_fine, cur.cost, iterations, cur.num_valid)
+            lam = c["lambda_init"]
+            for _ in range(max_it):
+                iterations += 1
+                A = cur.H + lam * torch.diag(cur.H.diagonal().clamp_min(1e-9))
+                try:
+                    delta = -torch.linalg.solve(A, cur.g)
+                except RuntimeError:
+                    return reject("diverged", cost_init_fine, cur.cost, iterations, cur.num_valid)
+                T_new = se3_exp_right_torch(T, delta)
+                new = ev(T_new, lv)
+                if new.num_valid >= c["min_points"] and new.cost < cur.cost:
+                    T, cur = T_new, new
+                    lam = max(lam / 10, 1e-8)
+                    if (torch.linalg.norm(delta[:3]) < c["tol_translation_m"]
+                            and torch.linalg.norm(delta[3:]) < c["tol_rotation_rad"]):
+                        break
+                else:
+                    lam *= 10
+                    if lam > c["lambda_max"]:
+                        break
+            last = cur
+        timings["optimize"] = (time.perf_counter() - t1) * 1e3
+        T_np = T.cpu().numpy()
+        if not np.all(np.isfinite(T_np)):
+            return reject("diverged", cost_init_fine, float("nan"), iterations, int(idx.numel()))
+        cost_final = last.cost
+        n = last.num_valid
+        inl = float(((last.sq_norms < c["loss_scale"]) & last.valid).sum()) / max(n, 1)
+        dt = float(np.linalg.norm(T_np[:3, 3] - T_init[:3, 3]))
+        dr = rotation_angle_deg(T_init[:3, :3], T_np[:3, :3])
+        if dt > c["max_translation_m"] or dr > c["max_rotation_deg"]:
+            return reject("update_too_large", cost_init_fine, cost_final, iterations, n, T_np, inl)
+        if cost_final > cost_init_fine * (1 + c["cost_rise_tol"]):
+            return reject("cost_increased", cost_init_fine, cost_final, iterations, n, T_np, inl)
+        if cost_final > c["max_final_cost"] or inl < c["min_inlier_ratio"]:
+            return reject("poor_alignment", cost_init_fine, cost_final, iterations, n, T_np, inl)
+        # Covariance of the right perturbation: σ² H⁻¹, σ² the weighted residual variance per scalar residual.
+        D = self.ref.features[fine].shape[1]
+        dof = max(n * D - 6, 1)
+        sigma2 = last.weighted_sq_sum / dof
+        try:
+            cov_right = sigma2 * torch.linalg.inv(last.H).cpu().numpy()
+            cov = covariance_right_to_world(T_np, 0.5 * (cov_right + cov_right.T))
+        except RuntimeError:
+            cov = None
+        confidence = float(np.clip(1.0 - cost_final / c["max_final_cost"], 0.0, 1.0))
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return RefinementResult(True, T_np, cov, iterations, cost_init_fine, cost_final, "ok", n, confidence, inl,
+                                timings, T_np)
+
+
+def refine_from_prior(refiner: FeaturemetricRefiner, image: np.ndarray, camera: Camera,
+                      T_world_cam_prior: np.ndarray) -> RefinementResult:
+    """Refine a user-given pose (e.g. from /initialpose): the same as ``refiner.refine``, named for that use."""
+    return refiner.refine(image, camera, T_world_cam_prior)

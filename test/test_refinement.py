@@ -1,0 +1,166 @@
+"""Featuremetric refinement on the generated demo scene (registered depth): reference build → save → load round
+trip, convergence from a perturbed ground-truth pose, and detection of divergence / bad priors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reloc_ros.datasets import open_dataset
+from reloc_ros.datasets.base import Frame
+from reloc_ros.geometry.pose import perturb_T, transform_points
+from reloc_ros.map_file import MapFileError, load_map, reference_path, save_map
+from reloc_ros.metrics import pose_error
+from reloc_ros.refinement import (FeaturemetricRefiner, ReferenceBuildError, build_reference, load_reference,
+                                  refine_from_prior)
+from reloc_ros.refinement.reference import registered_depth
+
+REF_STRIDE = 10  # every 10th mapping frame: 12 reference images
+
+
+class _Subset:
+    """Every k-th frame of a dataset (build_reference takes any sequence of Frames)."""
+
+    def __init__(self, ds, k):
+        self.ds, self.idx = ds, list(range(0, len(ds), k))
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.ds[self.idx[i]]
+
+
+@pytest.fixture(scope="module")
+def scene(demo_scene_root, tmp_path_factory):
+    mapping = open_dataset(demo_scene_root, frames=demo_scene_root / "mapping.txt")
+    query = open_dataset(demo_scene_root, frames=demo_scene_root / "query.txt")
+    map_path = tmp_path_factory.mktemp("ref") / "demo.map.safetensors"
+    ref = build_reference(_Subset(mapping, REF_STRIDE), reference_path(map_path), {"pca_images": 12})
+    return mapping, query, ref
+
+
+@pytest.fixture(scope="module")
+def refiner(scene):
+    return FeaturemetricRefiner.from_reference(scene[2], "cpu")
+
+
+def _closest_queries(query, ref_poses, n):
+    """The ``n`` query frames nearest (distance + 0.5 m/rad of viewing angle) to a reference image."""
+    qp = query.poses()
+    d = np.linalg.norm(qp[:, None, :3, 3] - ref_poses[None, :, :3, 3], axis=-1)
+    ang = np.arccos(np.clip(np.einsum("qi,ri->qr", qp[:, :3, 2], ref_poses[:, :3, 2]), -1, 1))
+    score = (d + 0.5 * ang).min(1)
+    return np.argsort(score)[:n]
+
+
+def test_reference_round_trip(scene, tmp_path):
+    mapping, _, path = scene
+    assert path.name == "demo.ref.safetensors" and path.is_file()
+    tensors, meta = load_map(path, kind="reference")
+    assert meta["kind"] == "reference" and meta["features"] == "xfeat" and meta["levels"] == ["fused", "x2", "b1"]
+    P = tensors["points_xyz"].shape[0]
+    assert P == meta["num_points"] > 1000
+    for lv, D in meta["dims"].items():
+        assert tensors[f"feat_{lv}"].shape == (P, D) and tensors[f"feat_{lv}"].dtype == torch.float16
+        # stored features are unit vectors (to fp16 precision)
+        torch.testing.assert_close(tensors[f"feat_{lv}"].float().norm(dim=-1), torch.ones(P), atol=3e-3, rtol=0)
+    offs = tensors["image_offsets"].numpy()
+    assert offs[0] == 0 and offs[-1] == P and np.all(np.diff(offs) > 0)
+    # Geometry: every point reprojects onto its stored pixel in its reference image, at the depth of that pixel.
+    names = meta["image_names"]
+    for j in (0, len(names) // 2):
+        fr = mapping[mapping.names.index(names[j])]
+        np.testing.assert_allclose(tensors["image_poses"][j].numpy(), fr.T_world_cam, atol=1e-12)
+        s, e = offs[j], offs[j + 1]
+        X_c = transform_points(np.linalg.inv(fr.T_world_cam), tensors["points_xyz"][s:e].double().numpy())
+        uv, ok = fr.camera.project(X_c)
+        assert ok.all()
+        np.testing.assert_allclose(uv, tensors["points_uv"][s:e].numpy(), atol=2e-3)
+        px = tensors["points_uv"][s:e].numpy().astype(int)
+        np.testing.assert_allclose(X_c[:, 2], fr.depth[px[:, 1], px[:, 0]], atol=1e-4)
+    # load_reference from the path and from (tensors, metadata) agree; a map file is refused as a reference
+    a, b = load_reference(path), load_reference((tensors, meta))
+    assert a.num_points == b.num_points == P and a.levels == b.levels
+    torch.testing.assert_close(a.features["x2"], tensors["feat_x2"].float())
+    fake_map = save_map(tmp_path / "x.map.safetensors", {"w": torch.zeros(2)}, {"front_end": "ace"})
+    with pytest.raises(MapFileError, match="expected a 'reference' file"):
+        load_reference(fake_map)
+    with pytest.raises(ValueError, match="lacks tensors"):
+        load_reference(({"points_xyz": tensors["points_xyz"]}, meta))
+
+
+def test_depth_registration_and_unregistered_depth_error(scene):
+    mapping = scene[0]
+    fr = mapping[3]
+    # the same depth seen by a half-resolution depth camera with an identity extrinsic, registered back
+    dcam = fr.camera.scaled(0.5)
+    small = fr.depth[::2, ::2].copy()  # pixel (u, v) of the half-size image = pixel (2u + 0.5, 2v + 0.5) ≈ (2u, 2v)
+    small_frame = Frame(fr.name, fr.image, fr.camera, fr.T_world_cam, small, dcam, np.eye(4))
+    reg = registered_depth(small_frame)
+    ok = reg > 0
+    assert ok.mean() > 0.15  # a quarter of the pixels, minus borders
+    err = np.abs(reg[ok] - fr.depth[ok])
+    assert np.median(err) < 0.01
+    unregistered = Frame(fr.name, fr.image, fr.camera, fr.T_world_cam, small, dcam, None)
+    with pytest.raises(ReferenceBuildError, match="not registered"):
+        registered_depth(unregistered)
+    assert np.median(np.abs(registered_depth(unregistered, "identity")[ok] - fr.depth[ok])) < 0.01
+    no_depth = Frame(fr.name, fr.image, fr.camera, fr.T_world_cam)
+    with pytest.raises(ReferenceBuildError, match="no depth"):
+        registered_depth(no_depth)
+
+
+def test_refinement_converges_from_perturbed_ground_truth(scene, refiner):
+    _, query, _ = scene
+    rng = np.random.default_rng(0)
+    for qi in _closest_queries(query, refiner.ref.image_poses.numpy(), 3):
+        fr = query[int(qi)]
+        T0 = perturb_T(fr.T_world_cam, 0.04, 1.5, rng)
+        res = refiner.refine(fr.image, fr.camera, T0)
+        dt, dr = pose_error(res.T_world_cam, fr.T_world_cam)
+        assert res.accepted and res.success and res.reason == "ok", (fr.name, res.reason, dt, dr)
+        assert dt < 0.01 and dr < 0.2, (fr.name, dt, dr)
+        assert res.cost_final < res.cost_initial and res.iterations > 0 and res.num_points >= 40
+        cov = res.covariance
+        assert cov.shape == (6, 6) and np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
+        assert 0 < res.confidence <= 1 and {"features", "optimize", "total"} <= set(res.timings_ms)
+
+
+def test_bad_priors_and_images_are_rejected_with_a_reason(scene, refiner):
+    _, query, _ = scene
+    fr = query[int(_closest_queries(query, refiner.ref.image_poses.numpy(), 1)[0])]
+    rng = np.random.default_rng(1)
+    # a random image at the right pose: nothing aligns
+    noise = rng.integers(0, 256, fr.image.shape, dtype=np.uint8)
+    res = refiner.refine(noise, fr.camera, fr.T_world_cam)
+    assert not res.accepted and res.reason in ("poor_alignment", "cost_increased", "update_too_large"), res.reason
+    np.testing.assert_array_equal(res.T_world_cam, fr.T_world_cam)  # the prior is kept
+    assert res.covariance is None
+    # a prior looking out of the room (turned 180° and moved behind the wall): no reference point in view
+    T_away = fr.T_world_cam.copy()
+    T_away[:3, :3] = T_away[:3, :3] @ np.diag([-1.0, 1.0, -1.0])
+    T_away[:3, 3] -= 20 * fr.T_world_cam[:3, 2]
+    res = refine_from_prior(refiner, fr.image, fr.camera, T_away)
+    assert not res.accepted and res.reason == "too_few_points"
+    # an update larger than allowed is refused
+    strict = FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, max_translation_m=0.005)
+    T0 = perturb_T(fr.T_world_cam, 0.04, 1.0, rng)
+    res = strict.refine(fr.image, fr.camera, T0)
+    assert not res.accepted and res.reason == "update_too_large"
+    np.testing.assert_array_equal(res.T_world_cam, T0)
+    assert pose_error(res.T_refined, fr.T_world_cam)[0] < 0.02  # the optimiser itself did fine
+
+
+def test_clear_errors_on_bad_input(refiner, scene):
+    fr = scene[1][0]
+    with pytest.raises(ValueError, match="finite 4x4"):
+        refiner.refine(fr.image, fr.camera, np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="uint8 RGB image"):
+        refiner.refine(fr.image.astype(np.float32), fr.camera, fr.T_world_cam)
+    with pytest.raises(ValueError, match="camera is 640x480"):
+        refiner.refine(fr.image[:240], fr.camera, fr.T_world_cam)
+    with pytest.raises(ValueError, match="unknown refiner options"):
+        FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, max_iters=3)
+    with pytest.raises(ValueError, match="not in the reference model"):
+        FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, levels=["x4"])
