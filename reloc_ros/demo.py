@@ -66,11 +66,12 @@ DEMO_MAP_CONF = {"ace": {"buffer_size": 400_000}, "implicit": {}}
 
 
 def _step_map(args, out: Path, dataset: Path) -> Path:
-    from .mapping.cli import MapJob, build_map
+    from .mapping.cli import MapJob, build_map, parse_sets
 
     map_path = out / f"{args.front_end}.map.safetensors"
     key = {"dataset": str(dataset.resolve()), "frames": args.frames_map, "front_end": args.front_end,
            "minutes": args.minutes, "device": args.device, "reference": bool(args.refine), "set": args.set,
+           "reference_set": args.reference_set,
            "defaults": DEMO_MAP_CONF[args.front_end]}
     stamp = out / f"{args.front_end}.map.json"
     if not args.force and _same(stamp, key) and map_path.is_file():
@@ -81,22 +82,11 @@ def _step_map(args, out: Path, dataset: Path) -> Path:
          f"({args.frames_map or 'mapping.txt'}){' + reference model' if args.refine else ''}")
     t0 = time.perf_counter()
     report = build_map(MapJob(dataset, map_path, args.front_end, args.frames_map, None, args.minutes, args.device,
-                              conf={**DEMO_MAP_CONF[args.front_end], **_parse_sets(args.set)},
-                              reference=bool(args.refine)))
+                              conf={**DEMO_MAP_CONF[args.front_end], **parse_sets(args.set)},
+                              reference=bool(args.refine), reference_conf=parse_sets(args.reference_set)))
     stamp.write_text(json.dumps(key))
     _say(f"2/5 map: {map_path} ({report['map_bytes'] / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s")
     return map_path
-
-
-def _parse_sets(items) -> dict:
-    import yaml
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise ValueError(f"--set expects key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
 
 
 def _query_frames(dataset: Path, frames):
@@ -186,9 +176,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder (default out/demo)")
     p.add_argument("--front-end", default="ace", choices=("ace", "implicit"))
     p.add_argument("--minutes", type=float, default=4.0, help="mapping time budget (default 4)")
-    p.add_argument("--refine", action="store_true", help="build the reference model and refine poses")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="build the reference model and refine poses (default; --no-refine: front end only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="front-end training option for step 2 (see reloc-map --show-config)")
+    p.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="reference-model option for step 2, e.g. unregistered_depth=identity for raw 7-Scenes depth")
     p.add_argument("--device", default="cpu")
     p.add_argument("--rate", type=float, default=None, help="replay at R x real time (default: as fast as the node "
                                                             "keeps up)")

@@ -40,7 +40,12 @@ def check_image(image: np.ndarray, camera: Camera) -> None:
 class Localizer:
     """A loaded map (front end) and, optionally, the featuremetric refiner of its reference model."""
 
-    def __init__(self, front_end, refiner=None, map_path: str | Path | None = None, metadata: dict | None = None):
+    def __init__(self, front_end, refiner=None, map_path: str | Path | None = None, metadata: dict | None = None,
+                 position_sigma_floor_m: float = 0.03, rotation_sigma_floor_deg: float = 0.75):
+        """``*_sigma_floor_*``: the accuracy of the map itself (its mapping poses), added in quadrature to every
+        published covariance: no estimate is better than the poses the map was built from (7-Scenes' pseudo ground
+        truth is good to a few cm). See benchmarks/calibrate_covariance.py."""
+        self.covariance_floor = np.diag([position_sigma_floor_m ** 2] * 3 + [np.deg2rad(rotation_sigma_floor_deg) ** 2] * 3)
         self.front_end = front_end
         self.refiner = refiner
         self.map_path = Path(map_path) if map_path is not None else None
@@ -57,7 +62,7 @@ class Localizer:
     @classmethod
     def from_map(cls, map_path: str | Path, device: str = "cpu", refine: bool = False,
                  reference: str | Path | None = None, front_end_options: dict | None = None,
-                 refiner_options: dict | None = None) -> "Localizer":
+                 refiner_options: dict | None = None, **localizer_options) -> "Localizer":
         """Load a map file (and its reference model when ``refine``). Raises ``MapFileError`` with the reason."""
         tensors, meta = load_map(map_path, device="cpu", kind="map")
         cls_ = front_end_class(meta["front_end"])
@@ -70,7 +75,7 @@ class Localizer:
                                    "(re-run reloc-map without --no-reference, or pass reference=...)")
             from .refinement import FeaturemetricRefiner
             refiner = FeaturemetricRefiner.from_reference(ref, device=device, **(refiner_options or {}))
-        return cls(front_end, refiner, map_path, meta)
+        return cls(front_end, refiner, map_path, meta, **localizer_options)
 
     # ------------------------------------------------------------------------------------------------------------
     def localize(self, image: np.ndarray, camera: Camera, prior_T_world_cam: np.ndarray | None = None
@@ -85,8 +90,13 @@ class Localizer:
             start = result.T_world_cam if result.success else prior_T_world_cam
             if start is not None:
                 self._apply_refinement(result, image, camera, start)
+        self._add_covariance_floor(result)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
+
+    def _add_covariance_floor(self, result: LocalizationResult) -> None:
+        if result.success and result.covariance is not None:
+            result.covariance = result.covariance + self.covariance_floor
 
     def refine_from_prior(self, image: np.ndarray, camera: Camera, T_world_cam_prior: np.ndarray
                           ) -> LocalizationResult:
@@ -97,6 +107,7 @@ class Localizer:
         check_image(image, camera)
         result = LocalizationResult(False, None, None, 0.0, "prior", reason="refinement_rejected")
         self._apply_refinement(result, image, camera, np.asarray(T_world_cam_prior, dtype=np.float64))
+        self._add_covariance_floor(result)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
 

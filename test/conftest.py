@@ -54,20 +54,36 @@ def demo_scene_root() -> Path:
     return root
 
 
+# A small ACE map overfitted to 6 demo-scene mapping frames (half resolution, no augmentation): shared by the ACE,
+# evaluation and ROS tests. Those frames localize to ~1 cm with it.
+DEMO_MAP_ACE_CONF = {"image_height": 240, "buffer_size": 6 * 1200, "cells_per_view": 1200, "aug_rotation_deg": 0.0,
+                     "aug_scale": [1.0, 1.0], "aug_brightness": 0.0, "aug_contrast": 0.0, "head_width": 256,
+                     "batch_size": 1024, "max_iterations": 800, "minutes": 5.0, "lr_warmup": 0.1,
+                     "clamp_max_px": 20.0, "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
+
+
 @pytest.fixture(scope="session")
-def demo_map_ace(demo_scene_root, tmp_path_factory):
-    """A small ACE map overfitted to 6 demo-scene mapping frames (half resolution, no augmentation, ~1 min on 2
-    cores), for end-to-end tests of the evaluation tools and the node. Returns ``(map_path, frame_names)``: those
-    frames localize to ~1 cm with it."""
-    from reloc_ros.datasets import open_dataset
-    from reloc_ros.frontends.ace.train import train
+def demo_map_ace(demo_scene_root):
+    """``(map_path, frame_names)``: built by the real mapping entry point (``build_map``, as ``reloc-map``), ~30-60 s
+    on 2 cores, cached under data/test_maps/ keyed by its configuration, frames and the ACE sources."""
+    import hashlib
+    import json
+    import shutil
+
+    from reloc_ros.mapping.cli import MapJob, build_map
 
     names = (demo_scene_root / "mapping.txt").read_text().split()[:120:20]
-    ds = open_dataset(demo_scene_root, frames=names)
-    conf = {"image_height": 240, "buffer_size": 6 * 1200, "cells_per_view": 1200, "aug_rotation_deg": 0.0,
-            "aug_scale": [1.0, 1.0], "aug_brightness": 0.0, "aug_contrast": 0.0, "head_width": 256,
-            "batch_size": 1024, "max_iterations": 800, "minutes": 5.0, "lr_warmup": 0.1, "clamp_max_px": 20.0,
-            "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
-    out = tmp_path_factory.mktemp("demo_map_ace") / "demo.map.safetensors"
-    train(conf, ds, out)
+    h = hashlib.sha256(json.dumps([DEMO_MAP_ACE_CONF, names, demo_scene_root.name]).encode())
+    for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")):
+        h.update(src.read_bytes())
+    out = REPO / "data" / "test_maps" / h.hexdigest()[:16] / "demo6.map.safetensors"
+    if not out.is_file():
+        tmp = out.parent.with_name(out.parent.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build_map(MapJob(demo_scene_root, tmp / out.name, "ace", names, conf=DEMO_MAP_ACE_CONF, reference=False))
+        try:
+            tmp.rename(out.parent)
+        except OSError:  # a concurrent run finished first
+            shutil.rmtree(tmp, ignore_errors=True)
     return out, names

@@ -115,18 +115,10 @@ def test_ace_loss_and_schedule():
 
 
 @pytest.fixture(scope="module")
-def demo_map(demo_scene_root, tmp_path_factory):
-    """A head overfitted to 6 demo-scene mapping frames at half resolution (no augmentation), saved as a map."""
-    names = (demo_scene_root / "mapping.txt").read_text().split()[:120:20]
-    ds = open_dataset(demo_scene_root, frames=names)
-    # one thread: on the shared 2-core CI machine a 2-thread step is often several times slower under load
-    conf = {"image_height": 240, "buffer_size": 6 * 1200, "cells_per_view": 1200, "aug_rotation_deg": 0.0,
-            "aug_scale": [1.0, 1.0], "aug_brightness": 0.0, "aug_contrast": 0.0, "head_width": 256,
-            "batch_size": 1024, "max_iterations": 800, "minutes": 5.0, "lr_warmup": 0.1, "clamp_max_px": 20.0,
-            "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
-    out = tmp_path_factory.mktemp("ace") / "demo.map.safetensors"
-    train(conf, ds, out)
-    return out, ds
+def demo_map(demo_map_ace, demo_scene_root):
+    """A head overfitted to 6 demo-scene mapping frames (the shared ``demo_map_ace``) and those frames."""
+    path, names = demo_map_ace
+    return path, open_dataset(demo_scene_root, frames=names)
 
 
 def test_overfit_demo_frames_through_map_file(demo_map):

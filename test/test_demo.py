@@ -29,7 +29,7 @@ def test_demo_steps_on_a_given_map(demo_map_ace, demo_scene_root, tmp_path, caps
     frames = tmp_path / "frames.txt"
     frames.write_text("\n".join(names) + "\n")
     argv = ["--out", str(tmp_path / "out"), "--dataset", str(demo_scene_root), "--map", str(map_path),
-            "--frames-query", str(frames), "--skip-node"]
+            "--frames-query", str(frames), "--skip-node", "--no-refine"]
     assert demo.main(argv) == 0
     out = capsys.readouterr().out
     assert "3/5 bag: writing 6 query frames" in out and "4/5 offline: 6 queries" in out and "5/5" not in out

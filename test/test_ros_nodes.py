@@ -6,15 +6,13 @@
 - Junk input: thousands of malformed messages sent fast; the node stays alive and every frame it received is
   counted once with the right reason on ~/status and /diagnostics.
 
-The map is an ACE head overfitted to 6 demo-scene frames by the real mapping code (``build_map``, ~45 s on 2 busy
-cores); it is cached under data/ros_test_map/ keyed by its configuration and the ACE sources.
+The map is the shared ACE head overfitted to 6 demo-scene frames by the real mapping code (``demo_map_ace`` in
+test/conftest.py).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -26,10 +24,6 @@ from reloc_ros.geometry.pose import rotation_angle_deg
 
 pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[1]
-MAP_CONF = {"image_height": 240, "buffer_size": 6 * 1200, "cells_per_view": 1200, "aug_rotation_deg": 0.0,
-            "aug_scale": [1.0, 1.0], "aug_brightness": 0.0, "aug_contrast": 0.0, "head_width": 256,
-            "batch_size": 1024, "max_iterations": 800, "minutes": 5.0, "lr_warmup": 0.1, "clamp_max_px": 20.0,
-            "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
 
 
 @pytest.fixture(scope="module")
@@ -49,24 +43,9 @@ def env():
 
 
 @pytest.fixture(scope="module")
-def mapped(demo_scene_root):
-    """(map path, names of the 6 mapped frames)."""
-    from reloc_ros.mapping.cli import MapJob, build_map
-    names = (demo_scene_root / "mapping.txt").read_text().split()[:120:20]
-    h = hashlib.sha256(json.dumps([MAP_CONF, names, demo_scene_root.name]).encode())
-    for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")):
-        h.update(src.read_bytes())
-    out = REPO / "data" / "ros_test_map" / h.hexdigest()[:16] / "demo6.map.safetensors"
-    if not out.is_file():
-        tmp = out.parent.with_name(out.parent.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        build_map(MapJob(demo_scene_root, tmp / out.name, "ace", names, conf=MAP_CONF, reference=False))
-        try:
-            tmp.rename(out.parent)
-        except OSError:  # another run finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out, names
+def mapped(demo_map_ace):
+    """``(map_path, frame_names)``: the shared ACE map overfitted to 6 demo frames (test/conftest.py)."""
+    return demo_map_ace
 
 
 class Client:
@@ -374,8 +353,8 @@ def test_mapper_records_tf_posed_keyframes(env, tmp_path):
         h.wait_active(timeout=120)
         img_pub, info_pub = cl.publisher(Image, "image"), cl.publisher(CameraInfo, "camera_info")
         tf_pub = cl.publisher(TFMessage, "/tf")
-        cl.wait(lambda: img_pub.get_subscription_count() >= 1 and info_pub.get_subscription_count() >= 1, 30,
-                "the mapper's subscriptions")
+        cl.wait(lambda: img_pub.get_subscription_count() >= 1 and info_pub.get_subscription_count() >= 1
+                and tf_pub.get_subscription_count() >= 1, 30, "the mapper's subscriptions (image, camera_info, /tf)")
         info = CameraInfo(width=64, height=48, k=[50.0, 0, 31.5, 0, 50.0, 23.5, 0, 0, 1], distortion_model="plumb_bob",
                           d=[0.0] * 5)
         for i in range(9):  # 5 cm steps: frames 0, 2, 4, 6, 8 are keyframes

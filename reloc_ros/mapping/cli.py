@@ -1,7 +1,8 @@
 """``reloc-map``: posed images → a map file (front end weights + metadata) and a refinement reference model.
 
     reloc-map --dataset PATH [--frames LIST] [--intrinsics FILE] --front-end implicit|ace --out MAP
-              [--minutes M] [--device D] [--encoder xfeat|ace:PATH|disk] [--set key=value ...] [--no-reference]
+              [--minutes M] [--device D] [--encoder xfeat|ace:PATH|disk] [--set key=value ...]
+              [--reference-set key=value ...] [--no-reference]
 
 ``--frames`` defaults to ``mapping.txt`` in the dataset folder when it exists (all frames otherwise).
 Every training option of a front end (its ``DEFAULT_CONF``) can be set with ``--set key=value`` (YAML values) or
@@ -22,7 +23,7 @@ import yaml
 
 from ..map_file import reference_path
 
-__all__ = ["MapJob", "build_map", "front_end_defaults", "main"]
+__all__ = ["MapJob", "build_map", "front_end_defaults", "parse_sets", "main"]
 
 _TRAINERS = {"implicit": "reloc_ros.frontends.implicit.train", "ace": "reloc_ros.frontends.ace.train"}
 
@@ -84,21 +85,21 @@ def build_map(job: MapJob) -> dict:
     if job.reference:
         from ..refinement import reference as ref_mod
         rconf = _merge_conf(ref_mod.DEFAULT_CONF, job.reference_conf, "reference")
-        rconf["device"] = job.device
         ref = reference_path(out)
         print(f"[reloc-map] building the refinement reference model -> {ref}", flush=True)
         t1 = time.perf_counter()
-        ref_mod.build_reference(dataset, ref, rconf)
+        ref_mod.build_reference(dataset, ref, rconf, device=job.device)
         report.update(reference=str(ref), reference_seconds=time.perf_counter() - t1,
                       reference_bytes=ref.stat().st_size)
     return report
 
 
-def _parse_sets(items: list[str]) -> dict:
+def parse_sets(items: list[str]) -> dict:
+    """``["key=value", ...]`` (values parsed as YAML) -> dict; used by the --set style options."""
     out = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
+            raise ValueError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--encoder", help="ACE encoder: xfeat | ace:PATH | disk")
     p.add_argument("--config", type=Path, help="YAML file of training options (keys of --show-config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one training option")
+    p.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one reference-model option (e.g. unregistered_depth=identity for raw 7-Scenes)")
     p.add_argument("--no-reference", action="store_true", help="skip the refinement reference model")
     p.add_argument("--show-config", action="store_true", help="print the front end's training options and exit")
     args = p.parse_args(argv)
@@ -128,13 +131,13 @@ def main(argv=None) -> int:
     conf = {}
     if args.config:
         conf.update(yaml.safe_load(args.config.read_text()) or {})
-    conf.update(_parse_sets(args.set))
+    conf.update(parse_sets(args.set))
     if args.encoder:
         if args.front_end != "ace":
             p.error("--encoder applies to the ace front end")
         conf["encoder"] = args.encoder
     job = MapJob(args.dataset, args.out, args.front_end, args.frames, args.intrinsics, args.minutes, args.device,
-                 conf, reference=not args.no_reference)
+                 conf, reference=not args.no_reference, reference_conf=parse_sets(args.reference_set))
     try:
         report = build_map(job)
     except (ValueError, FileNotFoundError) as e:

@@ -24,6 +24,11 @@ from .reference import ReferenceModel, load_reference
 __all__ = ["FeaturemetricRefiner", "RefinementResult", "DEFAULT_REFINER_CONF", "refine_from_prior"]
 
 DEFAULT_REFINER_CONF = {
+    # σ²H⁻¹ treats the featuremetric residuals as independent; they are spatially correlated, so it is
+    # overconfident. Published covariance = covariance_scale × σ²H⁻¹, the default calibrated on the demo scene (exact
+    # ground truth: 95 % of errors inside the 95 % ellipsoid needed ~200-500); the Localizer adds the map's own
+    # accuracy on top (benchmarks/calibrate_covariance.py, benchmarks/RESULTS.md).
+    "covariance_scale": 300.0,
     "num_views": 4,              # reference images whose points are used
     "num_candidates": 12,        # nearest reference images (distance + angle) scored by visible points
     "angle_weight_m": 0.5,       # metres per radian of optical-axis angle in the nearest-view distance
@@ -218,7 +223,7 @@ class FeaturemetricRefiner:
         dof = max(n * D - 6, 1)
         sigma2 = last.weighted_sq_sum / dof
         try:
-            cov_right = sigma2 * torch.linalg.inv(last.H).cpu().numpy()
+            cov_right = c["covariance_scale"] * sigma2 * torch.linalg.inv(last.H).cpu().numpy()
             cov = covariance_right_to_world(T_np, 0.5 * (cov_right + cov_right.T))
         except RuntimeError:
             cov = None
