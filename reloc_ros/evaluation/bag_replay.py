@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--plots", type=Path, help="folder for the PNG plots")
     p.add_argument("--tum", type=Path, help="folder for TUM trajectories (evo_ape tum groundtruth.tum estimate.tum)")
     p.add_argument("--work-dir", type=Path, help="where the node log and raw records go (default: a temp dir)")
-    p.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: 100 + pid % 100)")
+    p.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: 100 + pid %% 100)")
     args = p.parse_args(argv)
     try:
         res = run_bag_replay(args.bag, args.map, None if args.rate is None else args.rate, args.params,
