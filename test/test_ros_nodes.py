@@ -247,6 +247,9 @@ def test_junk_input_is_counted_and_never_kills_the_node(env, mapped, tmp_path):
     try:
         h.wait_active(timeout=180)
         img_pub, info_pub = cl.publisher(Image, "/junk/image"), cl.publisher(CameraInfo, "/junk/camera_info")
+        # a message published before DDS has matched the node's subscription is lost: wait for the match
+        cl.wait(lambda: img_pub.get_subscription_count() >= 1 and info_pub.get_subscription_count() >= 1, 30,
+                "the localizer's image and camera_info subscriptions")
         good_k = [50.0, 0, 31.5, 0, 50.0, 23.5, 0, 0, 1]
         stamp, back_stamp = [1_000_000_000], [1_000_000_000]  # forward from 1 s; "back" frames go below 1 s
 
