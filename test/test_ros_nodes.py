@@ -76,8 +76,15 @@ class Client:
         n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._rec(self.diag, m), 100)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self):
+        from rclpy.executors import ExternalShutdownException
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:  # close() shut the context down
+            pass
 
     def _rec(self, lst, m):
         with self.lock:
@@ -98,9 +105,11 @@ class Client:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
     def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
+        # shutting the context down first makes spin() return; never wait unboundedly on the spin thread
         self.rclpy.try_shutdown(context=self.ctx)
+        self.thread.join(timeout=10.0)
+        self.executor.shutdown(timeout_sec=10.0)
+        self.node.destroy_node()
 
 
 def _ns(stamp) -> int:
