@@ -39,6 +39,17 @@ def _same(stamp: Path, key: dict) -> bool:
         return False
 
 
+def _reusable(args, stamp: Path, key: dict, ready: Path, output: Path) -> bool:
+    """True when ``output`` was built with ``key`` (recorded in ``stamp``) and ``ready`` exists, unless --force.
+    Otherwise clears the stamp, and ``output`` when it is a folder (a map file is replaced atomically on rebuild)."""
+    if not args.force and _same(stamp, key) and ready.is_file():
+        return True
+    if output.is_dir():
+        shutil.rmtree(output)
+    stamp.unlink(missing_ok=True)
+    return False
+
+
 def _step_scene(args, out: Path) -> Path:
     from .demo_scene import GENERATOR_VERSION, generate_demo_scene
 
@@ -46,12 +57,9 @@ def _step_scene(args, out: Path) -> Path:
     key = {"generator_version": GENERATOR_VERSION, "seed": args.seed, "n_mapping": args.n_mapping,
            "n_query": args.n_query}
     stamp = out / "scene.json"
-    if not args.force and _same(stamp, key) and (scene / "README.md").is_file():
+    if _reusable(args, stamp, key, scene / "README.md", scene):
         _say(f"1/5 scene: reusing {scene} ({args.n_mapping} mapping + {args.n_query} query frames)")
         return scene
-    if scene.exists():
-        shutil.rmtree(scene)
-    stamp.unlink(missing_ok=True)
     t0 = time.perf_counter()
     _say(f"1/5 scene: rendering {args.n_mapping} mapping + {args.n_query} query frames into {scene}")
     generate_demo_scene(scene, seed=args.seed, n_mapping=args.n_mapping, n_query=args.n_query, progress=True)
@@ -74,10 +82,9 @@ def _step_map(args, out: Path, dataset: Path) -> Path:
            "reference_set": args.reference_set,
            "defaults": DEMO_MAP_CONF[args.front_end]}
     stamp = out / f"{args.front_end}.map.json"
-    if not args.force and _same(stamp, key) and map_path.is_file():
+    if _reusable(args, stamp, key, map_path, map_path):
         _say(f"2/5 map: reusing {map_path} ({map_path.stat().st_size / 1e6:.1f} MB)")
         return map_path
-    stamp.unlink(missing_ok=True)
     _say(f"2/5 map: training the {args.front_end} front end for ~{args.minutes:g} min on {dataset} "
          f"({args.frames_map or 'mapping.txt'}){' + reference model' if args.refine else ''}")
     t0 = time.perf_counter()
@@ -106,12 +113,9 @@ def _step_bag(args, out: Path, dataset: Path) -> Path:
     frames = _query_frames(dataset, args.frames_query)
     key = {"dataset": str(dataset.resolve()), "frames": frames, "fps": args.fps}
     stamp = out / "query_bag.json"
-    if not args.force and _same(stamp, key) and (bag / "metadata.yaml").is_file():
+    if _reusable(args, stamp, key, bag / "metadata.yaml", bag):
         _say(f"3/5 bag: reusing {bag}")
         return bag
-    if bag.exists():
-        shutil.rmtree(bag)
-    stamp.unlink(missing_ok=True)
     ds = open_dataset(dataset, frames=frames)
     _say(f"3/5 bag: writing {len(ds)} query frames at {args.fps:g} Hz with ground truth to {bag}")
     write_bag(ds, bag, fps=args.fps)

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = ["MAP_FORMAT_VERSION", "MapFileError", "save_map", "load_map", "read_metadata", "reference_path",
-           "atomic_write_bytes"]
+           "atomic_write_bytes", "atomic_torch_save"]
 
 MAP_FORMAT_VERSION = 1
 _KEY = "reloc_ros"
@@ -53,6 +53,12 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` (training checkpoints, feature buffers) with the same atomic rename; load them back with
+    ``torch.load(..., weights_only=True)``."""
+    return atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_map(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict, kind: str = "map") -> Path:

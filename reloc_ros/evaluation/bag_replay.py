@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..geometry.pose import T_from_pos_quat, covariance_to_body_point
 from .replay_metrics import replay_metrics
@@ -260,17 +261,6 @@ def run_bag_replay(bag, map_path, rate: float | None = None, params=None, overri
     return m
 
 
-def _pairs(items):
-    import yaml
-    out = {}
-    for it in items:
-        if ":=" not in it:
-            raise SystemExit(f"-p expects name:=value, got {it!r}")
-        k, v = it.split(":=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-eval-bag", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -290,9 +280,12 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", type=Path, help="where the node log and raw records go (default: a temp dir)")
     p.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID (default: 100 + pid %% 100)")
     args = p.parse_args(argv)
+    from ..ros.runner import parse_ros_pairs  # subprocess helpers only: no rclpy in this process
+    # typed here (not verbatim) because the replay also reads some of them (e.g. refine) for its report
+    overrides = {k: yaml.safe_load(v) for k, v in parse_ros_pairs(args.param).items()}
     try:
         res = run_bag_replay(args.bag, args.map, None if args.rate is None else args.rate, args.params,
-                             _pairs(args.param), args.refine, args.device, args.limit, args.json, args.plots,
+                             overrides, args.refine, args.device, args.limit, args.json, args.plots,
                              args.tum, args.work_dir or args.json.parent / (args.json.stem + "_work"), args.domain_id)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"reloc-eval-bag: error: {e}", file=sys.stderr)

@@ -26,7 +26,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
@@ -40,6 +39,7 @@ from .conversions import (InputError, camera_info_to_camera, check_image_against
                           pose_to_T, stamp_to_ns, T_to_pose, T_to_transform)
 from .params import LOCALIZER_PARAMS, Param
 from .qos import image_qos, latched_qos, tf_qos
+from .spin import spin_until_shutdown
 from .tf_buffer import TfBuffer, TfError, TfListener
 
 __all__ = ["LocalizerNode", "gate_result", "Thresholds", "camera_to_body", "declare_params", "main"]
@@ -616,23 +616,14 @@ class LocalizerNode(LifecycleNode):
 def main(argv=None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = LocalizerNode()
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    if node.p("autostart"):
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            node.get_logger().error("autostart: configure failed")
-        else:
-            node.trigger_activate()
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._stop_worker()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+
+    def autostart():
+        if node.p("autostart"):
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("autostart: configure failed")
+            else:
+                node.trigger_activate()
+    return spin_until_shutdown(node, on_start=autostart, on_exit=node._stop_worker)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String, UInt32
@@ -39,6 +38,7 @@ from .conversions import (InputError, camera_info_to_camera, check_image_against
 from .localizer_node import declare_params
 from .params import MAPPER_PARAMS
 from .qos import image_qos
+from .spin import spin_until_shutdown
 from .tf_buffer import TfBuffer, TfError, TfListener
 
 __all__ = ["MapperNode", "KeyframeRecorder", "main"]
@@ -270,17 +270,7 @@ def main(argv=None) -> int:
         print(f"reloc_mapper: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node)
 
 
 if __name__ == "__main__":

@@ -243,13 +243,15 @@ def start_mapper(params_file=None, overrides=None, env=None, **kw) -> NodeProces
     return start_node("mapper", params_file, overrides, env, **kw)
 
 
-def _pairs(items: list[str], what: str) -> dict:
+def parse_ros_pairs(items: list[str], what: str = "-p") -> dict:
+    """``["name:=value", ...]`` -> ``{name: value}``, values kept verbatim (``_Raw``) so that the ROS argument parser
+    types them exactly as ``ros2 run ... -p name:=value`` would. Used for ``-p`` and ``--remap`` options."""
     out = {}
     for it in items:
         if ":=" not in it:
             raise SystemExit(f"{what} expects name:=value, got {it!r}")
         k, v = it.split(":=", 1)
-        out[k] = v
+        out[k] = _Raw(v)
     return out
 
 
@@ -265,9 +267,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for configure + activate")
     args = ap.parse_args(argv)
     env = ros_env(domain_id=args.domain_id)
-    overrides = _pairs(args.param, "-p")
-    h = start_node(args.node, args.params, {k: _Raw(v) for k, v in overrides.items()}, env, args.name,
-                   _pairs(args.remap, "--remap"))
+    h = start_node(args.node, args.params, parse_ros_pairs(args.param, "-p"), env, args.name,
+                   parse_ros_pairs(args.remap, "--remap"))
     forward = lambda sig, _frame: h.proc.send_signal(sig) if h.alive() else None  # noqa: E731
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ...map_file import atomic_write_bytes, save_map
+from ...map_file import atomic_torch_save, save_map
 from .buffer import TrainingBuffer, fill_buffer
 from .encoders import make_encoder
 from .head import SceneCoordinateHead
@@ -121,10 +121,6 @@ def autocast_context(device: str, precision: str):
     raise ValueError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
 
 
-def _torch_save_atomic(obj, path: Path):
-    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
-
-
 def train(conf: dict, dataset, out_path: str | os.PathLike, buffer: TrainingBuffer | None = None) -> Path:
     """Map a scene: buffer → head training (time budget ``conf['minutes']``) → ``save_map(out_path)``.
 
@@ -175,7 +171,7 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
         deadline = t_start + float(conf["buffer_max_fraction"]) * budget_s
         buffer = fill_buffer(dataset, encoder, conf, rng, device, progress, deadline=deadline)
         if conf["checkpoint_every_s"] and (conf["keep_checkpoint"] or budget_s > 120):
-            _torch_save_atomic({**buffer.state_dict(), "sig": repr(sig)}, buf_path)
+            atomic_torch_save({**buffer.state_dict(), "sig": repr(sig)}, buf_path)
     t_buffer = time.perf_counter() - t_start
 
     feats = buffer.features
@@ -259,7 +255,7 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
         bar.update(1)
         now = time.perf_counter()
         if conf["checkpoint_every_s"] and now - last_ckpt > float(conf["checkpoint_every_s"]):
-            _torch_save_atomic({"head": head.state_dict(), "opt": opt.state_dict(), "iteration": it,
+            atomic_torch_save({"head": head.state_dict(), "opt": opt.state_dict(), "iteration": it,
                                 "train_seconds": now - t0, "train_budget_s": train_budget, "buffer_sig": sig,
                                 "head_config": head.config(), "feature_mean": f_mean, "feature_std": f_std}, ckpt_path)
             last_ckpt = now

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -196,19 +194,6 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def train(conf: dict, dataset, out_path) -> Path:
     """Train an implicit map on ``dataset`` (posed frames) and write it to ``out_path``; returns the path.
 
@@ -308,9 +293,9 @@ def _train(conf: dict, dataset, out_path) -> Path:
         tqdm.write(f"implicit: resumed from {ckpt_path} at step {step} ({elapsed_prev / 60:.1f} min)")
 
     def checkpoint():
-        _save_checkpoint(ckpt_path, {"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
-                                     "elapsed_s": elapsed(), "model_conf": json.dumps(model_conf),
-                                     "snapshots_done": json.dumps(snapshots_done)})
+        map_file.atomic_torch_save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
+                                    "elapsed_s": elapsed(), "model_conf": json.dumps(model_conf),
+                                    "snapshots_done": json.dumps(snapshots_done)}, ckpt_path)
 
     t_start = time.monotonic()
 
