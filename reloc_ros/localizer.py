@@ -50,6 +50,9 @@ class Localizer:
         self.refiner = refiner
         self.map_path = Path(map_path) if map_path is not None else None
         self.metadata = metadata or {}
+        # One XFeat pass for both: the ACE front end (XFeat encoder) also computes the refiner's levels.
+        self.shares_features = bool(refiner is not None and hasattr(front_end, "share_levels")
+                                    and front_end.share_levels(refiner.levels, refiner.ref.gray))
 
     @property
     def front_end_name(self) -> str:
@@ -90,6 +93,7 @@ class Localizer:
             start = result.T_world_cam if result.success else prior_T_world_cam
             if start is not None:
                 self._apply_refinement(result, image, camera, start)
+        result.dense_features = None
         self._add_covariance_floor(result)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
@@ -113,7 +117,8 @@ class Localizer:
 
     def _apply_refinement(self, result: LocalizationResult, image, camera, T_start) -> None:
         t0 = time.perf_counter()
-        r = self.refiner.refine(image, camera, T_start)
+        raw, result.dense_features = result.dense_features, None
+        r = self.refiner.refine(image, camera, T_start, raw_features=raw)
         result.timings_ms["refinement"] = (time.perf_counter() - t0) * 1e3
         accepted = bool(getattr(r, "accepted", getattr(r, "success", False)))
         result.refinement = RefinementInfo(ran=True, accepted=accepted, iterations=int(r.iterations),

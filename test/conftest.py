@@ -74,7 +74,7 @@ def demo_map_ace(demo_scene_root):
 
     names = (demo_scene_root / "mapping.txt").read_text().split()[:120:20]
     h = hashlib.sha256(json.dumps([DEMO_MAP_ACE_CONF, names, demo_scene_root.name]).encode())
-    for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")):
+    for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")) + [REPO / "reloc_ros" / "xfeat.py"]:
         h.update(src.read_bytes())
     out = REPO / "data" / "test_maps" / h.hexdigest()[:16] / "demo6.map.safetensors"
     if not out.is_file():

@@ -143,6 +143,36 @@ def test_overfit_demo_frames_through_map_file(demo_map):
     assert np.all(errs[:, 0] < 0.02) and np.all(errs[:, 1] < 1.0), errs
 
 
+def test_cell_stride_keeps_a_checkerboard_of_the_same_predictions(demo_map):
+    path, ds = demo_map
+    tensors, meta = load_map(path)
+    full = AceFrontEnd.from_map(tensors, meta, head_precision="fp32")
+    half = AceFrontEnd.from_map(tensors, meta, head_precision="fp32", cell_stride=2)
+    f = ds[0]
+    uv1, X1, _, cam = full.predict(f.image, f.camera)
+    uv2, X2, _, _ = half.predict(f.image, f.camera)
+    h, w = cam.height // 8, cam.width // 8
+    i, j = np.divmod(np.arange(h * w), w)
+    keep = (i + j) % 2 == 0
+    assert len(uv2) == keep.sum() == (h * w) // 2
+    np.testing.assert_array_equal(uv2, uv1[keep])
+    np.testing.assert_allclose(X2, X1[keep], atol=1e-5)
+    r = half.localize(f.image, f.camera)
+    assert r.success and r.inlier_count <= len(uv2)
+
+
+def test_dsac_backend_through_the_front_end(demo_map):
+    path, ds = demo_map
+    tensors, meta = load_map(path)
+    fe = AceFrontEnd.from_map(tensors, meta, backend="dsac", backend_options={"seed": 3}, threshold_px=2.0)
+    f = ds[1]
+    a, b = fe.localize(f.image, f.camera), fe.localize(f.image, f.camera)
+    assert a.success and b.success
+    np.testing.assert_array_equal(a.T_world_cam, b.T_world_cam)  # seeded: deterministic
+    assert np.linalg.norm(a.T_world_cam[:3, 3] - f.T_world_cam[:3, 3]) < 0.02
+    assert rotation_angle_deg(a.T_world_cam[:3, :3], f.T_world_cam[:3, :3]) < 1.0
+
+
 def test_too_few_inliers_is_a_failure(demo_map):
     path, ds = demo_map
     tensors, meta = load_map(path)

@@ -36,3 +36,38 @@ def test_bad_inputs_get_clear_errors(demo_map_ace, tmp_path):
         Localizer.from_map(path, refine=True)
     with pytest.raises(RuntimeError, match="refine=True"):
         loc.refine_from_prior(np.zeros((480, 640, 3), np.uint8), cam, np.eye(4))
+
+
+def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp_path):
+    """With a BT.601 reference, the ACE front end's XFeat pass also yields the refiner's levels: they equal the
+    refiner's own pass, and the refined pose is the same either way. A legacy mean-gray reference is not shared."""
+    import torch
+
+    from reloc_ros.refinement import build_reference
+    from reloc_ros.refinement.features import rgb_to_gray
+
+    path, names = demo_map_ace
+    mapping = open_dataset(demo_scene_root, frames=names)
+    ref = build_reference(mapping, tmp_path / "bt601.ref.safetensors", {"pca_images": 6})
+    loc = Localizer.from_map(path, refine=True, reference=ref)
+    assert loc.shares_features
+    frame = mapping[2]
+    # The map runs at 240 rows: feed a 320x240 image so that the front end does not resize it.
+    small = frame.image[::2, ::2].copy()
+    cam = frame.camera.scaled(0.5)
+    fe = loc.front_end.localize(small, cam)
+    assert fe.success and set(fe.dense_features) == set(loc.refiner.levels)
+    own = loc.refiner.net(rgb_to_gray(small, "bt601"))
+    for lv in loc.refiner.levels:
+        torch.testing.assert_close(fe.dense_features[lv], own[lv])
+    # (the reference is at 640x480, so this half-size query is not expected to align well: same outcome either way)
+    a = loc.refiner.refine(small, cam, fe.T_world_cam, raw_features=fe.dense_features)
+    b = loc.refiner.refine(small, cam, fe.T_world_cam)
+    assert a.reason == b.reason and a.iterations == b.iterations > 0
+    np.testing.assert_allclose(a.T_refined, b.T_refined, atol=1e-9)
+    full = loc.localize(small, cam)
+    assert full.success and full.dense_features is None and full.refinement.ran
+    # A resized image: nothing to share (the levels would not be at the image's resolution).
+    assert loc.front_end.localize(frame.image, frame.camera).dense_features is None
+    ref_mean = build_reference(mapping, tmp_path / "mean.ref.safetensors", {"pca_images": 6, "gray": "mean"})
+    assert not Localizer.from_map(path, refine=True, reference=ref_mean).shares_features

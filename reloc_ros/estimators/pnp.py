@@ -21,10 +21,11 @@ import numpy as np
 
 from ..geometry.camera import Camera
 from ..geometry.pose import covariance_right_to_world, invert_T, make_T, project_to_so3
+from .dsac import DSAC_DEFAULTS, dsac_pnp
 
 __all__ = ["PnPResult", "pnp_ransac", "pose_covariance", "reprojection_residuals", "BACKENDS"]
 
-BACKENDS = ("poselib", "pycolmap", "opencv")
+BACKENDS = ("poselib", "pycolmap", "opencv", "dsac")
 
 
 @dataclass
@@ -172,20 +173,32 @@ _SOLVERS = {"poselib": _solve_poselib, "pycolmap": _solve_pycolmap, "opencv": _s
 
 def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, max_iterations: int = 10000,
                confidence: float = 0.9999, min_inliers: int = 20, backend: str = "poselib",
-               refine: bool = True) -> PnPResult:
+               refine: bool = True, backend_options: dict | None = None) -> PnPResult:
     """Robust camera pose from 2D–3D correspondences.
 
     points2d: (N, 2) pixels of the (possibly distorted) image of ``camera``. points3d: (N, 3) world points (m).
     threshold_px: RANSAC inlier threshold (undistorted pixels). min_inliers: fewer inliers → ``success=False``,
     reason "too_few_inliers" (the pose is still returned in ``extra["T_world_cam"]`` for diagnostics).
-    backend: "poselib" (LO-RANSAC + bundle), "pycolmap" (LO-RANSAC + refinement), "opencv" (USAC + LM).
+    backend: "poselib" (LO-RANSAC + bundle), "pycolmap" (LO-RANSAC + refinement), "opencv" (USAC + LM), "dsac"
+    (DSAC*-style: soft inlier count over a fixed number of hypotheses + iterative refinement, ``estimators/dsac.py``;
+    it ignores ``max_iterations`` / ``confidence``). backend_options: options of the "dsac" backend (keys of
+    ``dsac.DSAC_DEFAULTS``: num_hypotheses, beta, max_reproj_px, min_depth, refine_rounds, max_tries, seed); the
+    other backends take none. The dsac backend's diagnostics (hypotheses, tries, soft_inliers, refine_rounds) are in
+    ``extra``.
     Returns a ``PnPResult`` (camera-to-world pose, inlier mask, covariance in the world convention).
     """
-    if backend not in _SOLVERS:
+    if backend not in BACKENDS:
         raise ValueError(f"unknown PnP backend {backend!r}; choose one of {BACKENDS}")
     if not (threshold_px > 0 and max_iterations >= 1 and 0 < confidence < 1):
         raise ValueError(f"bad RANSAC options: threshold_px={threshold_px}, max_iterations={max_iterations}, "
                          f"confidence={confidence}")
+    backend_options = dict(backend_options or {})
+    if backend_options and backend != "dsac":
+        raise ValueError(f"backend {backend!r} takes no backend_options (got {sorted(backend_options)})")
+    if backend == "dsac":
+        unknown = sorted(set(backend_options) - set(DSAC_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown dsac option(s) {unknown}; known: {sorted(DSAC_DEFAULTS)}")
     uv, X = _check_inputs(points2d, points3d)
     n = len(uv)
     empty = np.zeros(n, dtype=bool)
@@ -194,14 +207,18 @@ def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, m
     if camera.is_distorted:
         uv = camera.undistort_points(uv)
     K = camera.K
-    T, mask = _SOLVERS[backend](uv, X, K, camera.width, camera.height, threshold_px, max_iterations, confidence,
-                                refine)
+    info = {}
+    if backend == "dsac":
+        T, mask, info = dsac_pnp(uv, X, K, threshold_px, refine, **{**DSAC_DEFAULTS, **backend_options})
+    else:
+        T, mask = _SOLVERS[backend](uv, X, K, camera.width, camera.height, threshold_px, max_iterations, confidence,
+                                    refine)
     if T is None or not np.all(np.isfinite(T)):
-        return PnPResult(False, None, empty, reason="ransac_failed")
+        return PnPResult(False, None, empty, reason="ransac_failed", extra=info)
     k = int(mask.sum())
     r, _ = reprojection_residuals(T, K, uv[mask], X[mask])
     rmse = float(np.sqrt((r ** 2).sum(1).mean())) if k else float("nan")
     if k < min_inliers:
-        return PnPResult(False, None, mask, k, k / n, None, rmse, "too_few_inliers", {"T_world_cam": T})
+        return PnPResult(False, None, mask, k, k / n, None, rmse, "too_few_inliers", {"T_world_cam": T, **info})
     cov = pose_covariance(T, K, uv[mask], X[mask])
-    return PnPResult(True, T, mask, k, k / n, cov, rmse, "ok")
+    return PnPResult(True, T, mask, k, k / n, cov, rmse, "ok", info)

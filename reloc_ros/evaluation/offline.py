@@ -39,12 +39,13 @@ def _open(dataset, frames, intrinsics):
 
 def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frames=None, intrinsics=None,
              limit: int | None = None, localizer=None, plots_dir=None, tum_dir=None, progress: bool = True,
-             front_end_options: dict | None = None, refiner_options: dict | None = None) -> dict:
+             front_end_options: dict | None = None, refiner_options: dict | None = None, reference=None) -> dict:
     """Localize the queries of ``dataset`` (a path or a ``Dataset``) with the map at ``map_path``.
 
     Returns the reloc-eval dict (see the module docstring). Frames without a ground-truth pose are an error.
     ``limit`` takes that many queries evenly spread over the sequence (not the first N, which would all be
-    neighbours). ``localizer`` reuses an already loaded ``Localizer`` (map loading is not timed).
+    neighbours). ``localizer`` reuses an already loaded ``Localizer`` (map loading is not timed). ``reference``:
+    a reference model file to refine against instead of the one next to the map.
     """
     from ..localizer import Localizer
 
@@ -57,7 +58,7 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     t_load = time.perf_counter()
     if localizer is None:
         localizer = Localizer.from_map(map_path, device=device, refine=refine, front_end_options=front_end_options,
-                                       refiner_options=refiner_options)
+                                       refiner_options=refiner_options, reference=reference)
     load_s = time.perf_counter() - t_load
 
     per_query, t_errs, r_errs, lat, stages = [], [], [], [], {}
@@ -99,6 +100,8 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     out["map_load_s"] = load_s
     out["front_end"] = localizer.front_end_name
     out["refine"] = bool(localizer.refine)
+    if reference is not None:
+        out["reference"] = str(reference)
     out["device"] = device
     out["nees_inside_95"] = nees_inside_fraction(err_vecs, covs) if covs else float("nan")
     out["nees_position_inside_95"] = nees_inside_fraction(err_vecs, covs, position_only=True) if covs else float("nan")
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--intrinsics", type=Path, help="3x3 K file (default: the dataset's own)")
     p.add_argument("--refine", action="store_true", help="run the featuremetric refinement (needs <map>.ref)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--reference", type=Path, help="reference model for --refine (default: <map stem>.ref.safetensors)")
     p.add_argument("--limit", type=int, help="evaluate N queries spread evenly over the selection")
     p.add_argument("--json", required=True, type=Path, help="where to write the results JSON")
     p.add_argument("--plots", type=Path, help="folder for PNG plots (trajectory, errors, CDF, latency)")
@@ -135,7 +139,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         res = evaluate(args.map, args.dataset, refine=args.refine, device=args.device, frames=args.frames,
-                       intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum)
+                       intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum,
+                       reference=args.reference)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"reloc-eval: error: {e}", file=sys.stderr)
         return 2

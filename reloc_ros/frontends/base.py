@@ -31,6 +31,8 @@ class LocalizationResult:
     T_world_cam: (4, 4) float64 camera-to-world or None when ``success`` is False. covariance: (6, 6) over
     (x, y, z, rx, ry, rz) — camera position in the world frame (m) and a left rotation about world axes (rad).
     timings_ms: per stage ("preprocess", "network", "solver", "refinement", "total").
+    dense_features: raw XFeat levels of the image that the front end computed for the refinement to reuse
+    (``Localizer`` sets it up and clears it after use; None otherwise).
     """
 
     success: bool
@@ -44,6 +46,7 @@ class LocalizationResult:
     weight_mass: float = 0.0
     timings_ms: dict = field(default_factory=dict)
     refinement: RefinementInfo | None = None
+    dense_features: dict | None = field(default=None, repr=False)
 
 
 class FrontEnd(Protocol):

@@ -119,7 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", type=Path, help="YAML file of training options (keys of --show-config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one training option")
     p.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one reference-model option (e.g. unregistered_depth=identity for raw 7-Scenes)")
+                   help="override one reference-model option (e.g. unregistered_depth=identity for raw 7-Scenes; "
+                        "points=triangulate to triangulate the points with pycolmap instead of using depth, "
+                        "triangulation='{max_features: 2048}' to tune it)")
     p.add_argument("--no-reference", action="store_true", help="skip the refinement reference model")
     p.add_argument("--show-config", action="store_true", help="print the front end's training options and exit")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ import torch
 
 from ..geometry.pose import so3_exp_torch
 from ..geometry.projection_torch import project_with_jacobian, world_to_camera
-from .features import pixel_to_level, sample_bilinear
+from .features import pixel_to_level, sample_bilinear_parts
 
 __all__ = ["robust_loss", "LevelCost", "evaluate_level", "se3_exp_right_torch", "residuals"]
 
@@ -51,17 +51,23 @@ def residuals(T: torch.Tensor, X_w: torch.Tensor, f_ref: torch.Tensor, fmap: tor
               intr: torch.Tensor, dist: torch.Tensor | None, with_jac: bool = True):
     """Residuals ``r`` (N, D), ``valid`` (N,) and, when ``with_jac``, ``G = ∂F/∂xy`` (N, D, 2) and
     ``P = ∂xy/∂(ρ, φ)`` (N, 2, 6) (the full residual Jacobian is ``G @ P``)."""
+    r, valid, gx, gy, P = _residual_parts(T, X_w, f_ref, fmap, stride, intr, dist, with_jac)
+    return r, valid, (torch.stack([gx, gy], -1) if with_jac else None), P
+
+
+def _residual_parts(T, X_w, f_ref, fmap, stride, intr, dist, with_jac):
+    """``residuals`` with ``G`` as its two columns ``∂F/∂x``, ``∂F/∂y`` (N, D)."""
     X_c = world_to_camera(T, X_w)
     uv, valid_z, Jp = project_with_jacobian(X_c, intr, dist, with_jac=with_jac)
     xy = pixel_to_level(uv, stride)
-    f, G, valid_s = sample_bilinear(fmap, xy.to(fmap.dtype), with_grad=with_jac)
+    f, gx, gy, valid_s = sample_bilinear_parts(fmap, xy.to(fmap.dtype), with_grad=with_jac)
     r = f - f_ref
     valid = valid_z & valid_s
     if not with_jac:
-        return r, valid, None, None
+        return r, valid, None, None, None
     # ∂uv/∂(ρ, φ) = Jp·[−I | [X_c]_×]; row a of Jp·[X_c]_× is (Jp_a × X_c) (see pose_jacobian_right)
     P = torch.cat([-Jp, torch.linalg.cross(Jp, X_c[:, None, :].expand_as(Jp), dim=-1)], -1) / stride
-    return r, valid, G, P
+    return r, valid, gx, gy, P
 
 
 @dataclass
@@ -83,7 +89,7 @@ def evaluate_level(T: torch.Tensor, X_w: torch.Tensor, f_ref: torch.Tensor, fmap
                    weights: torch.Tensor | None = None, with_jac: bool = True) -> LevelCost:
     """Robust cost of pose ``T`` (4×4 float64 ``T_world_cam``) and, when ``with_jac``, its normal equations
     ``H = Σ w ρ' Jᵀ J``, ``g = Σ w ρ' Jᵀ r`` (for the minimisation of ½ Σ w ρ(‖r‖²))."""
-    r, valid, G, P = residuals(T, X_w, f_ref, fmap, stride, intr, dist, with_jac)
+    r, valid, gx, gy, P = _residual_parts(T, X_w, f_ref, fmap, stride, intr, dist, with_jac)
     s = (r * r).sum(-1)
     rho, drho = robust_loss(s, loss, scale)
     w = valid.to(r.dtype)
@@ -91,14 +97,17 @@ def evaluate_level(T: torch.Tensor, X_w: torch.Tensor, f_ref: torch.Tensor, fmap
         w = w * weights
     n = int(valid.sum())
     cost = float((w * rho).sum()) / max(n, 1)
-    wsq = float((w * drho * s).sum())
+    wd = w * drho
+    wsq = float((wd * s).sum())
     if not with_jac:
         return LevelCost(cost, n, None, None, s, valid, wsq)
-    Gt = G.transpose(1, 2)
-    GtG = Gt @ G                                   # (N, 2, 2)
-    Gtr = Gt @ r[..., None]                        # (N, 2, 1)
-    P = P.to(G.dtype)
-    Pw = (P * (w * drho)[:, None, None]).reshape(-1, 6)   # (2N, 6)
-    H = (Pw.T @ (GtG @ P).reshape(-1, 6)).to(torch.float64)
-    g = (Pw.T @ Gtr.reshape(-1)).to(torch.float64)
-    return LevelCost(cost, n, H, g, s, valid, wsq)
+    # Per point, GᵀG = [[a, b], [b, d]] and Gᵀr = (ex, ey); H = Σ wρ' Pᵀ GᵀG P, g = Σ wρ' Pᵀ Gᵀr, with the
+    # (N, 2, 2) and (N, 2) products written out (batched tiny matmuls are slow on CPU).
+    a, b, d = (gx * gx).sum(-1), (gx * gy).sum(-1), (gy * gy).sum(-1)
+    ex, ey = (gx * r).sum(-1), (gy * r).sum(-1)
+    P = P.to(r.dtype)
+    P0, P1 = P[:, 0], P[:, 1]                                     # (N, 6) each
+    P0w, P1w = P0 * wd[:, None], P1 * wd[:, None]
+    H = P0w.T @ (a[:, None] * P0 + b[:, None] * P1) + P1w.T @ (b[:, None] * P0 + d[:, None] * P1)
+    g = P0w.T @ ex + P1w.T @ ey
+    return LevelCost(cost, n, H.to(torch.float64), g.to(torch.float64), s, valid, wsq)

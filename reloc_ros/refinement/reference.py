@@ -1,8 +1,16 @@
 """The featuremetric reference model: 3D points of the mapping images with their multi-level features.
 
-Built by mapping from posed RGB-D frames: pixels with strong image gradient are picked on a grid in each (every
-``image_stride``-th) mapping image, back-projected with the depth registered to the colour camera, and described by
-XFeat features (``features.py``) at several levels, PCA-reduced per level and L2-normalised, stored as fp16.
+Built by mapping from posed frames. The 3D points come from one of two sources (``conf["points"]``):
+- ``"depth"``: pixels with strong image gradient are picked on a grid in each (every ``image_stride``-th) mapping
+  image and back-projected with the depth registered to the colour camera;
+- ``"triangulate"``: SIFT points triangulated with pycolmap from the known poses (``triangulation.py``); each image
+  keeps its own observations (per ``cell_px`` cell the one whose features agree best with the other observations of
+  its point, at most ``points_per_image``), so a 3D point seen by several reference images appears once per image,
+  with the features of that image at its keypoint;
+- ``"auto"`` (default): depth when the first reference frame has depth, else triangulation. Frames with unregistered
+  depth still raise the error below unless ``unregistered_depth="identity"`` or ``points="triangulate"``.
+The points are described by XFeat features (``features.py``) at several levels, PCA-reduced per level and
+L2-normalised, stored as fp16.
 
 Depth registration: a frame whose ``depth_camera`` equals its colour ``camera`` and whose ``T_cam_depth`` is
 identity or None is used as is; a frame with a known ``T_cam_depth`` is registered by forward-projecting its depth
@@ -15,7 +23,9 @@ File (``map_file.save_map(..., kind="reference")``, next to the map at ``map_fil
 ``points_image`` (P,) int32 index of its reference image (points grouped by image, ``image_offsets`` (M+1,) int64);
 ``image_poses`` (M, 4, 4) float64 ``T_world_cam``; per level ``feat_<lv>`` (P, D) float16,
 ``pca_mean_<lv>`` (C,) and ``pca_proj_<lv>`` (C, D) float32. Metadata: ``levels``, ``strides``, ``dims``,
-``image_names``, ``camera`` (CameraInfo-shaped), ``conf``, ``features: "xfeat"``.
+``image_names``, ``camera`` (CameraInfo-shaped), ``conf``, ``features: "xfeat"``, ``points_source``
+(``"depth"`` | ``"triangulation"``); triangulated references also hold ``points_track`` (P,) int32 (the 3D point of
+each entry) and ``triangulation`` (statistics) in the metadata.
 """
 from __future__ import annotations
 
@@ -30,7 +40,7 @@ from tqdm import tqdm
 
 from ..geometry.camera import Camera
 from ..map_file import load_map, save_map
-from .features import LEVELS, XFeatPyramid, image_to_tensor, pixel_to_level, reduce_and_normalize, sample_bilinear
+from .features import LEVELS, XFeatPyramid, pixel_to_level, reduce_and_normalize, rgb_to_gray, sample_bilinear
 
 __all__ = ["DEFAULT_CONF", "build_reference", "load_reference", "ReferenceModel", "ReferenceBuildError",
            "registered_depth"]
@@ -49,6 +59,10 @@ DEFAULT_CONF = {
     "depth_max_m": 10.0,
     "depth_edge_m": 0.05,        # reject pixels whose 3x3 depth neighbourhood spans more than this (occlusion edges)
     "unregistered_depth": "error",  # or "identity" (see module docstring)
+    "points": "auto",            # "auto" | "depth" | "triangulate": source of the 3D points (see module docstring)
+    "triangulation": {},         # overrides of triangulation.DEFAULT_TRIANGULATION_CONF (points="triangulate")
+    "gray": "bt601",             # grayscale conversion of the XFeat input (reloc_ros.xfeat; the ACE encoder's, so
+                                 # that the ACE front end's XFeat pass can be reused for the query)
     "pca_images": 40,            # images whose dense features fit the PCA
     "pca_samples": 30000,
     "seed": 0,
@@ -66,7 +80,8 @@ def _same_camera(a: Camera, b: Camera) -> bool:
 def registered_depth(frame, unregistered: str = "error") -> np.ndarray:
     """Depth (H, W) float32 metres in the colour camera of ``frame`` (0 = invalid)."""
     if frame.depth is None:
-        raise ReferenceBuildError(f"{frame.name}: the frame has no depth; the reference model needs RGB-D frames")
+        raise ReferenceBuildError(f"{frame.name}: the frame has no depth; the depth reference model needs RGB-D "
+                                  "frames (conf points='triangulate' triangulates the points instead)")
     cam = frame.camera
     dcam = frame.depth_camera if frame.depth_camera is not None else cam
     T = frame.T_cam_depth
@@ -136,11 +151,67 @@ def _fit_pca(samples: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
     return mean.float().contiguous(), proj.float().contiguous()
 
 
-def build_reference(dataset, out_path, conf: dict | None = None, device: str = "cpu") -> Path:
-    """Build the reference model of ``dataset`` (a Sequence of posed RGB-D ``Frame``s) and save it to ``out_path``.
+class _Indexed:
+    """The frames ``indices`` of ``dataset`` as a sequence."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+
+def _observations(tri, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All observations of image ``j`` of a ``Triangulation``: uv (K, 2), X_world (K, 3), point ids (K,)."""
+    obs = np.nonzero(tri.obs_image == j)[0]
+    pts = tri.obs_point[obs]
+    return tri.obs_uv[obs], tri.points_xyz[pts], pts
+
+
+def _consistent_entries(tracks: list, uvs: list, feats: dict, conf: dict) -> list:
+    """Per image, the observations to keep (indices into its lists): the featuremetrically most consistent ones.
+
+    The deviation of an observation is ``Σ_levels 1 − cos(f, mean of its point's observations)`` (0 = the same
+    feature in every image; occlusion boundaries, where the neighbourhood changes with the viewpoint, score high);
+    each image keeps the lowest-deviation observation of each ``cell_px`` cell, at most ``points_per_image``,
+    most consistent first."""
+    track = torch.from_numpy(np.concatenate(tracks).astype(np.int64))
+    dev = torch.zeros(len(track))
+    for per_image in feats.values():
+        f = torch.cat(per_image).float()
+        mean = torch.zeros(int(track.max()) + 1, f.shape[1]).index_add_(0, track, f)
+        dev += 1 - (f * torch.nn.functional.normalize(mean, dim=-1)[track]).sum(-1)
+    dev = dev.numpy()
+    keep, start, c = [], 0, float(conf["cell_px"])
+    for t, uv in zip(tracks, uvs):
+        order = np.argsort(dev[start:start + len(t)], kind="stable")
+        cell = np.floor(uv[order] / c).astype(np.int64)
+        first = np.unique(cell[:, 1] * 1_000_000 + cell[:, 0], return_index=True)[1]
+        keep.append(order[np.sort(first)[: int(conf["points_per_image"])]])
+        start += len(t)
+    return keep
+
+
+def _points_source(dataset, indices, conf: dict) -> str:
+    mode = conf["points"]
+    if mode not in ("auto", "depth", "triangulate"):
+        raise ValueError(f"conf points must be 'auto', 'depth' or 'triangulate', got {mode!r}")
+    if mode == "auto":
+        return "depth" if dataset[indices[0]].depth is not None else "triangulate"
+    return mode
+
+
+def build_reference(dataset, out_path, conf: dict | None = None, device: str = "cpu", triangulation=None) -> Path:
+    """Build the reference model of ``dataset`` (a Sequence of posed ``Frame``s, RGB-D for the depth source) and
+    save it to ``out_path``.
 
     Returns the path. Raises ``ReferenceBuildError`` on frames without pose/depth or with unregistered depth
-    (see the module docstring), or when no point could be selected.
+    (see the module docstring), or when no point could be selected; ``TriangulationError`` (a ``ValueError``) when
+    triangulation fails. ``triangulation``: a ``triangulation.Triangulation`` of the reference frames (every
+    ``image_stride``-th frame of ``dataset``) to use instead of triangulating them again.
     """
     conf = {**DEFAULT_CONF, **(conf or {})}
     conf["dims"] = {**DEFAULT_CONF["dims"], **(conf.get("dims") or {})}
@@ -157,6 +228,15 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
     if not indices:
         raise ReferenceBuildError("the dataset is empty")
     rng = np.random.default_rng(conf["seed"])
+    source = _points_source(dataset, indices, conf)
+    tri = triangulation
+    if source == "depth" and tri is not None:
+        raise ValueError("a triangulation was given but the points source is depth (conf points)")
+    if source == "triangulate" and tri is None:
+        from .triangulation import triangulate_dataset
+        tri = triangulate_dataset(_Indexed(dataset, indices), conf.get("triangulation") or {})
+    if tri is not None and len(tri.image_indices) != len(indices):
+        raise ValueError(f"the triangulation has {len(tri.image_indices)} images, the reference {len(indices)}")
 
     # Pass 1: PCA per level on dense features of a few evenly spaced images.
     pca = {}
@@ -165,7 +245,7 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
     samples = {lv: [] for lv in levels}
     per_img = max(1, int(conf["pca_samples"]) // n_pca)
     for i in tqdm(pca_idx, desc="reference: PCA features", leave=False):
-        feats = net(image_to_tensor(dataset[i].image, device))
+        feats = net(rgb_to_gray(dataset[i].image, conf["gray"], device))
         for lv in levels:
             f = feats[lv][0].flatten(1).T
             sel = torch.from_numpy(rng.choice(f.shape[0], min(per_img, f.shape[0]), replace=False)).to(f.device)
@@ -175,34 +255,45 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
 
     # Pass 2: points and their features.
     xyz, uvs, img_ids, poses, names = [], [], [], [], []
+    tracks = []  # triangulation: the 3D point of each entry
     feats_out = {lv: [] for lv in levels}
     camera = None
-    for i in tqdm(indices, desc="reference: points + features"):
+    for j, i in enumerate(tqdm(indices, desc="reference: points + features")):
         fr = dataset[i]
         if fr.T_world_cam is None or not np.all(np.isfinite(fr.T_world_cam)):
             raise ReferenceBuildError(f"{fr.name}: mapping frame without a pose")
         if camera is None:
             camera = fr.camera
-        depth = registered_depth(fr, conf["unregistered_depth"])
-        px = _select_pixels(fr.image, depth, conf)
-        if len(px) == 0:
-            continue
-        uv = px.astype(np.float64)
-        X_c = fr.camera.backproject(uv, depth[px[:, 1], px[:, 0]])
-        X_w = X_c @ fr.T_world_cam[:3, :3].T + fr.T_world_cam[:3, 3]
-        maps = net(image_to_tensor(fr.image, device))
+        if tri is None:
+            depth = registered_depth(fr, conf["unregistered_depth"])
+            px = _select_pixels(fr.image, depth, conf)
+            if len(px) == 0:
+                continue
+            uv = px.astype(np.float64)
+            X_c = fr.camera.backproject(uv, depth[px[:, 1], px[:, 0]])
+            X_w = X_c @ fr.T_world_cam[:3, :3].T + fr.T_world_cam[:3, 3]
+        else:
+            uv, X_w, track = _observations(tri, j)  # all of them; pruned below
+            if len(uv) == 0:
+                continue
+            tracks.append(track.astype(np.int32))
+        maps = net(rgb_to_gray(fr.image, conf["gray"], device))
         uv_t = torch.as_tensor(uv, dtype=torch.float32, device=device)
         for lv in levels:
             m = reduce_and_normalize(maps[lv][0], *pca[lv], float(conf["blur"].get(lv, 0.0)))
             f, _, _ = sample_bilinear(m, pixel_to_level(uv_t, LEVELS[lv][0]), with_grad=False)
             feats_out[lv].append(torch.nn.functional.normalize(f, dim=-1).half().cpu())
-        img_ids.append(np.full(len(px), len(poses), np.int32))
+        img_ids.append(np.full(len(uv), len(poses), np.int32))
         xyz.append(X_w.astype(np.float32))
         uvs.append(uv.astype(np.float32))
         poses.append(fr.T_world_cam)
         names.append(fr.name)
     if not xyz:
         raise ReferenceBuildError("no reference point could be selected (no valid depth / image gradient)")
+    if tri is not None:
+        keep = _consistent_entries(tracks, uvs, feats_out, conf)
+        xyz, uvs, img_ids, tracks = ([a[k] for a, k in zip(lst, keep)] for lst in (xyz, uvs, img_ids, tracks))
+        feats_out = {lv: [a[torch.from_numpy(k)] for a, k in zip(fl, keep)] for lv, fl in feats_out.items()}
     counts = np.array([len(a) for a in xyz])
     tensors = {
         "points_xyz": torch.from_numpy(np.concatenate(xyz)),
@@ -211,11 +302,14 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
         "image_offsets": torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)),
         "image_poses": torch.from_numpy(np.stack(poses).astype(np.float64)),
     }
+    if tri is not None:
+        tensors["points_track"] = torch.from_numpy(np.concatenate(tracks))
     for lv in levels:
         tensors[f"feat_{lv}"] = torch.cat(feats_out[lv])
         tensors[f"pca_mean_{lv}"], tensors[f"pca_proj_{lv}"] = (t.cpu() for t in pca[lv])
     meta = {
         "features": "xfeat",
+        "gray": conf["gray"],
         "levels": levels,
         "strides": {lv: LEVELS[lv][0] for lv in levels},
         "dims": {lv: int(conf["dims"][lv]) for lv in levels},
@@ -224,8 +318,11 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
         "camera": camera.to_camera_info(),
         "conf": conf,
         "num_points": int(counts.sum()),
+        "points_source": "depth" if tri is None else "triangulation",
         "build_seconds": round(time.perf_counter() - t_start, 1),
     }
+    if tri is not None:
+        meta["triangulation"] = tri.stats
     return save_map(out_path, tensors, meta, kind="reference")
 
 
@@ -243,6 +340,7 @@ class ReferenceModel:
     strides: dict
     blur: dict                # level -> Gaussian blur std (cells) applied to query maps as to the reference's
     metadata: dict
+    gray: str = "mean"        # grayscale conversion of the XFeat input (files without the field used "mean")
 
     @property
     def num_images(self) -> int:
@@ -277,4 +375,5 @@ def load_reference(source, device: str = "cpu") -> ReferenceModel:
         strides={lv: int(meta["strides"][lv]) for lv in levels},
         blur={lv: float(meta.get("blur", {}).get(lv, 0.0)) for lv in levels},
         metadata=meta,
+        gray=str(meta.get("gray", "mean")),
     )

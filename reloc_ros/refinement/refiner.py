@@ -18,7 +18,7 @@ from ..geometry.camera import Camera
 from ..geometry.pose import covariance_right_to_world, rotation_angle_deg
 from ..geometry.projection_torch import camera_params_torch, project, world_to_camera
 from .featuremetric import evaluate_level, se3_exp_right_torch
-from .features import XFeatPyramid, image_to_tensor, reduce_and_normalize
+from .features import XFeatPyramid, reduce_and_normalize, rgb_to_gray
 from .reference import ReferenceModel, load_reference
 
 __all__ = ["FeaturemetricRefiner", "RefinementResult", "DEFAULT_REFINER_CONF", "refine_from_prior"]
@@ -32,7 +32,7 @@ DEFAULT_REFINER_CONF = {
     "num_views": 4,              # reference images whose points are used
     "num_candidates": 12,        # nearest reference images (distance + angle) scored by visible points
     "angle_weight_m": 0.5,       # metres per radian of optical-axis angle in the nearest-view distance
-    "max_points": 1024,
+    "max_points": 512,           # 512 vs 1024: same accuracy on 7-Scenes, half the time (benchmarks/RESULTS_refinement.md)
     "min_points": 40,            # fewer visible points -> reject ("too_few_points")
     "border_px": 4,
     "levels": None,              # subset of the reference's levels to use (coarse to fine); None = all
@@ -41,8 +41,8 @@ DEFAULT_REFINER_CONF = {
     "loss_scale": 0.1,           # c² of the Cauchy loss on squared L2 distances of unit features
     "lambda_init": 1e-3,
     "lambda_max": 1e4,
-    "tol_translation_m": 1e-4,   # stop a level when the step is below both tolerances
-    "tol_rotation_rad": 1e-4,
+    "tol_translation_m": 5e-4,   # stop a level when the step is below both tolerances (0.5 mm / 0.03°: far below
+    "tol_rotation_rad": 5e-4,    # the maps' accuracy; 1e-4 cost 60 % more iterations for the same result)
     "max_translation_m": 0.5,    # larger total updates are rejected ("update_too_large")
     "max_rotation_deg": 20.0,
     "max_final_cost": 0.25,      # mean robust cost at the finest level above this -> "poor_alignment"
@@ -102,9 +102,11 @@ class FeaturemetricRefiner:
         return cls(load_reference(source, device), device, **conf)
 
     # ---------------------------------------------------------------------------------------------------------
-    def extract(self, image: np.ndarray) -> dict[str, torch.Tensor]:
-        """Query feature maps: level -> (h, w, D) PCA-reduced, L2-normalised, channels-last."""
-        raw = self.net(image_to_tensor(image, self.device))
+    def extract(self, image: np.ndarray, raw: dict | None = None) -> dict[str, torch.Tensor]:
+        """Query feature maps: level -> (h, w, D) PCA-reduced, L2-normalised, channels-last. ``raw``: the XFeat
+        levels of this image computed elsewhere (same grayscale conversion and resolution: see ``Localizer``), else they are computed here."""
+        if raw is None:
+            raw = self.net(rgb_to_gray(image, self.ref.gray, self.device))
         return {lv: reduce_and_normalize(raw[lv][0], *self.ref.pca[lv], self.ref.blur[lv]) for lv in self.levels}
 
     def select_points(self, T: torch.Tensor, camera: Camera) -> torch.Tensor:
@@ -135,8 +137,9 @@ class FeaturemetricRefiner:
 
     # ---------------------------------------------------------------------------------------------------------
     def refine(self, image: np.ndarray, camera: Camera, T_init: np.ndarray,
-               point_weights: torch.Tensor | None = None) -> RefinementResult:
-        """Refine ``T_init`` (4×4 camera-to-world) for ``image`` ((H, W, 3) uint8 RGB seen by ``camera``)."""
+               point_weights: torch.Tensor | None = None, raw_features: dict | None = None) -> RefinementResult:
+        """Refine ``T_init`` (4×4 camera-to-world) for ``image`` ((H, W, 3) uint8 RGB seen by ``camera``).
+        ``raw_features``: XFeat levels of ``image`` already computed (``extract``), e.g. by the ACE front end."""
         t0 = time.perf_counter()
         c = self.conf
         T_init = np.asarray(T_init, dtype=np.float64)
@@ -161,7 +164,7 @@ class FeaturemetricRefiner:
         if idx.numel() < c["min_points"]:
             return reject("too_few_points", n=int(idx.numel()))
         t1 = time.perf_counter()
-        maps = self.extract(image)
+        maps = self.extract(image, raw_features)
         timings["features"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         X_w = self.ref.points_xyz[idx].float()

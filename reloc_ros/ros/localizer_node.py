@@ -233,7 +233,9 @@ class LocalizerNode(LifecycleNode):
         if not isinstance(options, dict):
             raise ValueError("front_end_options must be a JSON object")
         loc = Localizer.from_map(path, device=str(self.p("device")), refine=bool(self.p("refine")),
-                                 front_end_options=options)
+                                 front_end_options=options,
+                                 position_sigma_floor_m=float(self.p("position_sigma_floor")),
+                                 rotation_sigma_floor_deg=float(self.p("rotation_sigma_floor_deg")))
         want = str(self.p("front_end"))
         if want and loc.front_end_name != want:
             raise ValueError(f"front_end is {want!r} but {path} holds a {loc.front_end_name!r} map")

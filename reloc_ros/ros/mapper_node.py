@@ -9,7 +9,9 @@ the camera moved ``min_translation`` m or turned ``min_rotation_deg`` since the 
 (3×3 K; distorted images are undistorted first), ``mapping.txt`` (recorded names). ``~/frame_count``
 (std_msgs/UInt32) after every recorded frame. ``~/build_map`` (std_srvs/Trigger) trains the map in a background
 thread with ``reloc_ros.mapping.cli.build_map`` (the code of ``reloc-map``), reporting on ``~/progress``
-(std_msgs/String); the map file is written atomically by the trainer.
+(std_msgs/String); the map file is written atomically by the trainer. With ``build_reference`` the refinement
+reference model is built too; the recorder writes colour only, so its points are triangulated with pycolmap from
+the recorded poses (``refinement/triangulation.py``), or taken from depth placed beside the frames.
 """
 from __future__ import annotations
 

@@ -29,6 +29,12 @@ LOCALIZER_PARAMS = [
     Param("refine", False, "Run the featuremetric refinement (needs the map's .ref.safetensors reference model)."),
     Param("front_end_options", "{}", "JSON object of front-end options passed to Localizer.from_map (e.g. "
           "'{\"threshold_px\": 2.0}' for ACE)."),
+    Param("position_sigma_floor", 0.03, "Map-accuracy floor (m): this standard deviation is added in quadrature to "
+          "each position axis (x, y, z) of every published covariance (Localizer position_sigma_floor_m). Read with "
+          "map_path: applied on configure and ~/reload_map.", min=0.0),
+    Param("rotation_sigma_floor_deg", 0.75, "Map-accuracy floor (degrees): this standard deviation is added in "
+          "quadrature to each rotation axis (rx, ry, rz) of every published covariance (Localizer "
+          "rotation_sigma_floor_deg). Applied on configure and ~/reload_map.", min=0.0),
     Param("num_threads", 0, "torch intra-op threads; 0 = torch's default.", min=0),
     Param("autostart", False, "Configure and activate at start-up (without a lifecycle manager)."),
     # topics and QoS
@@ -103,6 +109,9 @@ MAPPER_PARAMS = [
     Param("front_end", "ace", "Front end trained by ~/build_map.", choices=("implicit", "ace")),
     Param("device", "cpu", "Torch device for ~/build_map."),
     Param("train_minutes", 5.0, "Training time budget of ~/build_map (minutes).", min=0.0),
-    Param("build_reference", True, "Also build the refinement reference model in ~/build_map."),
+    Param("build_reference", True, "Also build the refinement reference model in ~/build_map: reference points "
+          "triangulated with pycolmap from the recorded poses (the recorder writes colour only), or back-projected "
+          "from registered depth (<frame>.depth.png, uint16 mm) when every recorded frame has it. Needs a few dozen "
+          "overlapping keyframes."),
     Param("train_overrides", "{}", "JSON object of front-end training options (its DEFAULT_CONF keys)."),
 ]

@@ -84,8 +84,8 @@ def _fmt_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_fmt_value(x) for x in v) + "]"
-    if isinstance(v, str):
-        return v if v else "''"
+    if isinstance(v, str):  # a YAML single-quoted scalar: stays a string whatever it holds (JSON, ':', '#')
+        return "'" + v.replace("'", "''") + "'"
     return repr(v)
 
 
@@ -169,19 +169,26 @@ class _ClientNode:
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.ctx)
 
-    def _call(self, client, request, proc: NodeProcess, deadline: float, what: str):
+    def _call(self, client, request, proc: NodeProcess, deadline: float, what: str, attempt_s: float | None = None):
+        """Call a service until ``deadline``. A service found by ``wait_for_service`` may not yet have matched this
+        client's response reader (DDS discovery is per endpoint): its first response can be lost ("failed to send
+        response"). With ``attempt_s`` an unanswered request is withdrawn after that long and None returned."""
         while not client.wait_for_service(timeout_sec=0.1):
             if not proc.alive():
                 raise LifecycleError(f"{proc.name} exited (code {proc.returncode}) before {what}:\n{proc.log_tail()}")
             if time.monotonic() > deadline:
                 raise LifecycleError(f"{proc.name}: service for {what} did not appear:\n{proc.log_tail()}")
         fut = client.call_async(request)
+        t0 = time.monotonic()
         while not fut.done():
             self.executor.spin_once(timeout_sec=0.1)
             if not proc.alive():
                 raise LifecycleError(f"{proc.name} exited (code {proc.returncode}) during {what}:\n{proc.log_tail()}")
             if time.monotonic() > deadline:
                 raise LifecycleError(f"{proc.name}: {what} timed out:\n{proc.log_tail()}")
+            if attempt_s is not None and time.monotonic() - t0 > attempt_s:
+                client.remove_pending_request(fut)
+                return None
         return fut.result()
 
     def wait_for_service(self, proc: NodeProcess, service: str, timeout: float):
@@ -202,16 +209,22 @@ class _ClientNode:
         deadline = time.monotonic() + timeout
         get = self.node.create_client(GetState, f"/{proc.name}/get_state")
         change = self.node.create_client(ChangeState, f"/{proc.name}/change_state")
-        state = self._call(get, GetState.Request(), proc, deadline, "get_state").current_state.label
-        steps = {"unconfigured": [("configure", Transition.TRANSITION_CONFIGURE),
-                                  ("activate", Transition.TRANSITION_ACTIVATE)],
-                 "inactive": [("activate", Transition.TRANSITION_ACTIVATE)], "active": []}
-        if state not in steps:
-            raise LifecycleError(f"{proc.name} is in lifecycle state {state!r}")
-        for label, tid in steps[state]:
+        # Ask for the state, make the next transition, ask again: a lost response (see _call) only costs a retry.
+        while True:
+            res = self._call(get, GetState.Request(), proc, deadline, "get_state", attempt_s=2.0)
+            state = None if res is None else res.current_state.label
+            if state == "active":
+                return
+            if state is None or state in ("configuring", "activating"):
+                continue
+            if state not in ("unconfigured", "inactive"):
+                raise LifecycleError(f"{proc.name} is in lifecycle state {state!r}")
+            label, tid = (("configure", Transition.TRANSITION_CONFIGURE) if state == "unconfigured"
+                          else ("activate", Transition.TRANSITION_ACTIVATE))
             req = ChangeState.Request()
             req.transition.id = tid
-            if not self._call(change, req, proc, deadline, label).success:
+            res = self._call(change, req, proc, deadline, label, attempt_s=10.0)
+            if res is not None and not res.success:
                 raise LifecycleError(f"{proc.name}: transition {label} failed (see its log):\n{proc.log_tail()}")
 
 

@@ -1,10 +1,11 @@
 """A small time-indexed transform buffer over /tf and /tf_static (tf2_ros is not available from the wheels).
 
-``TfBuffer`` is pure Python (numpy + scipy): a tree of frames where each child has one parent, every edge holding
-``T_parent_child`` samples sorted by stamp (int nanoseconds). ``lookup(target, source, stamp_ns)`` returns
-``T_target_source`` (4×4, maps points from ``source`` into ``target``) composed along the tree path through the
-closest common ancestor, each dynamic edge interpolated at ``stamp_ns`` (linear translation, quaternion slerp
-between the two samples bracketing the stamp). Static edges hold one sample valid at every time.
+``TfBuffer`` is pure Python (numpy + the rotation helpers of ``reloc_ros.geometry.pose``): a tree of frames where
+each child has one parent, every edge holding ``T_parent_child`` samples sorted by stamp (int nanoseconds).
+``lookup(target, source, stamp_ns)`` returns ``T_target_source`` (4×4, maps points from ``source`` into ``target``)
+composed along the tree path through the closest common ancestor, each dynamic edge interpolated at ``stamp_ns``
+between the two samples bracketing it: linear translation, slerp of the rotation ``R0·Exp(a·Log(R0ᵀR1))`` (the
+shortest geodesic). Static edges hold one sample valid at every time.
 
 Errors are ``TfError`` subclasses that name the frames and times: ``UnknownFrameError``, ``ConnectivityError``,
 ``ExtrapolationError`` (``.future`` tells whether the buffer may still catch up). ``lookup(..., timeout_s)``
@@ -19,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
+
+from ..geometry.pose import R_from_quat_xyzw, make_T, project_to_so3, so3_exp, so3_log
 
 __all__ = ["TfBuffer", "TfError", "UnknownFrameError", "ConnectivityError", "ExtrapolationError", "TfListener"]
 
@@ -53,14 +55,7 @@ class _Edge:
     static: bool
     stamps: list = field(default_factory=list)   # int ns, sorted
     trans: list = field(default_factory=list)    # (3,) arrays
-    quats: list = field(default_factory=list)    # (4,) xyzw arrays
-
-
-def _T(t: np.ndarray, q: np.ndarray) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(q).as_matrix()
-    T[:3, 3] = t
-    return T
+    rots: list = field(default_factory=list)     # (3, 3) rotation matrices
 
 
 class TfBuffer:
@@ -89,32 +84,32 @@ class TfBuffer:
             T = np.asarray(T_parent_child, dtype=np.float64)
             if T.shape != (4, 4) or not np.all(np.isfinite(T)):
                 raise ValueError(f"transform {parent}->{child}: not a finite 4x4 matrix")
-            t, q = T[:3, 3].copy(), Rotation.from_matrix(T[:3, :3]).as_quat()
+            t, R = T[:3, 3].copy(), project_to_so3(T[:3, :3])
         else:
             t = np.asarray(translation, dtype=np.float64).reshape(3)
             q = np.asarray(quat_xyzw, dtype=np.float64).reshape(4)
             n = np.linalg.norm(q)
             if not (np.all(np.isfinite(t)) and np.isfinite(n)) or n < 1e-9:
                 raise ValueError(f"transform {parent}->{child}: NaN/inf translation or zero-norm quaternion")
-            q = q / n
+            R = R_from_quat_xyzw(q)
         stamp_ns = int(stamp_ns)
         with self._cond:
             e = self._edges.get(child)
             if e is None or e.parent != parent or e.static != static:
                 e = self._edges[child] = _Edge(parent, static)
             if static:
-                e.stamps, e.trans, e.quats = [stamp_ns], [t], [q]
+                e.stamps, e.trans, e.rots = [stamp_ns], [t], [R]
             else:
                 i = bisect.bisect_left(e.stamps, stamp_ns)
                 if i < len(e.stamps) and e.stamps[i] == stamp_ns:
-                    e.trans[i], e.quats[i] = t, q
+                    e.trans[i], e.rots[i] = t, R
                 else:
                     e.stamps.insert(i, stamp_ns)
                     e.trans.insert(i, t)
-                    e.quats.insert(i, q)
+                    e.rots.insert(i, R)
                 cut = bisect.bisect_left(e.stamps, e.stamps[-1] - self.cache_ns)
                 if cut > 0:
-                    del e.stamps[:cut], e.trans[:cut], e.quats[:cut]
+                    del e.stamps[:cut], e.trans[:cut], e.rots[:cut]
             self._cond.notify_all()
 
     def clear(self) -> None:
@@ -154,7 +149,7 @@ class TfBuffer:
     def _edge_at(self, child: str, stamp_ns: int) -> np.ndarray:
         e = self._edges[child]
         if e.static:
-            return _T(e.trans[0], e.quats[0])
+            return make_T(e.rots[0], e.trans[0])
         s = e.stamps
         if stamp_ns > s[-1] or stamp_ns < s[0]:
             fut = stamp_ns > s[-1]
@@ -163,14 +158,11 @@ class TfBuffer:
                 f"{'future' if fut else 'past'}: buffered range [{s[0] * 1e-9:.6f}, {s[-1] * 1e-9:.6f}] s", fut)
         i = bisect.bisect_left(s, stamp_ns)
         if s[i] == stamp_ns:
-            return _T(e.trans[i], e.quats[i])
+            return make_T(e.rots[i], e.trans[i])
         t0, t1 = s[i - 1], s[i]
         a = (stamp_ns - t0) / (t1 - t0)
-        rot = Slerp([0.0, 1.0], Rotation.from_quat([e.quats[i - 1], e.quats[i]]))([a])[0]
-        T = np.eye(4)
-        T[:3, :3] = rot.as_matrix()
-        T[:3, 3] = (1 - a) * e.trans[i - 1] + a * e.trans[i]
-        return T
+        R0, R1 = e.rots[i - 1], e.rots[i]
+        return make_T(R0 @ so3_exp(a * so3_log(R0.T @ R1)), (1 - a) * e.trans[i - 1] + a * e.trans[i])
 
     def _latest_common(self, edges: list[str]) -> int | None:
         dyn = [self._edges[c].stamps[-1] for c in edges if not self._edges[c].static]

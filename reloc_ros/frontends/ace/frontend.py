@@ -17,13 +17,17 @@ from .train import autocast_context
 __all__ = ["AceFrontEnd", "DEFAULT_OPTIONS"]
 
 DEFAULT_OPTIONS = {
-    "backend": "opencv",       # PnP RANSAC: "opencv" (USAC, fastest here) | "poselib" | "pycolmap" (RESULTS_ace.md)
+    "backend": "opencv",       # PnP RANSAC: "opencv" (USAC_FAST, fastest and as accurate as any here) | "poselib" |
+                               # "pycolmap" | "dsac" (DSAC*-style; measured in benchmarks/RESULTS_ace.md)
+    "backend_options": None,   # dict of "dsac" options (estimators/dsac.py DSAC_DEFAULTS: num_hypotheses, seed, ...)
     "threshold_px": 10.0,      # RANSAC inlier threshold in pixels of the resized image
     "max_iterations": 10000,
     "confidence": 0.9999,
     "min_inliers": 30,         # fewer → success False, reason "too_few_inliers"
     "num_cells": None,         # cells passed to the head and RANSAC, best XFeat reliability first; None = all (the
                                # reliability top-2000 lost 6 points of 10cm/5° recall on 7-Scenes: RESULTS_ace.md)
+    "cell_stride": 1,          # 2: a checkerboard of the cells (half of them, uniform coverage) goes to the head and
+                               # RANSAC; 1 = all cells
     "encoder_precision": "fp32",  # encoder autocast: "fp32" (as the training buffer) | "bf16" | "fp16" (CUDA)
     "head_precision": "bf16",  # head autocast (training default is bf16): "fp32" | "bf16" | "fp16" (CUDA)
     "confidence_inliers": 300, # inliers at which the confidence saturates (see ``_confidence``)
@@ -53,6 +57,18 @@ class AceFrontEnd:
         self.feature_mean = feature_mean.float().to(self.device)
         self.feature_std = feature_std.float().to(self.device)
         self.image_height = int(image_height)
+        self.shared_levels: tuple = ()
+
+    def share_levels(self, levels, gray: str) -> bool:
+        """Also compute the XFeat ``levels`` (grayscale ``gray``) in the encoder pass, for the refinement to reuse
+        (``LocalizationResult.dense_features``). Possible with the XFeat encoder and BT.601 grayscale only; the
+        levels are only handed out for images the front end neither resizes nor crops (sides multiples of 8), where
+        they equal the refiner's own pass. Returns whether sharing is set up."""
+        if not hasattr(self.encoder, "share_levels") or gray != "bt601":
+            return False
+        self.encoder.share_levels(levels)
+        self.shared_levels = tuple(levels)
+        return True
 
     @classmethod
     def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "AceFrontEnd":
@@ -71,10 +87,12 @@ class AceFrontEnd:
                    **options)
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, camera: Camera, timings: dict | None = None, num_cells="default"):
+    def predict(self, image: np.ndarray, camera: Camera, timings: dict | None = None, num_cells="default",
+                shared: dict | None = None):
         """Scene coordinates of the selected cells: (uv (M, 2) pixels of the resized image, X (M, 3) world m,
         score (M,) encoder cell score or None, resized camera). ``num_cells``: the best-scored cells to keep
-        (default: the ``num_cells`` option; None = all; encoders without a score always give all cells)."""
+        (default: the ``num_cells`` option; None = all; encoders without a score always give all cells).
+        ``shared``: filled with the levels set up by ``share_levels`` when they can be reused (see there)."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -91,11 +109,21 @@ class AceFrontEnd:
         t1 = time.perf_counter()
         with autocast_context(self.device, self.options["encoder_precision"]):
             f, score = self.encoder(gray)
+        if shared is not None and self.shared_levels and abs(s - 1) <= 1e-9 \
+                and image.shape[0] % 8 == 0 and image.shape[1] % 8 == 0:
+            shared.update(self.encoder.last_levels)
         C, h, w = f.shape[1:]
         f = f[0].reshape(C, -1).T.float()
         self._sync()
         t2 = time.perf_counter()
         uv = cell_centers(h, w)
+        stride = int(self.options["cell_stride"])
+        if stride > 1:
+            i, j = np.divmod(np.arange(h * w), w)
+            keep = torch.from_numpy(np.nonzero((i + j) % stride == 0)[0]).to(f.device)
+            f, uv = f[keep], uv[keep.cpu().numpy()]
+            if score is not None:
+                score = score.reshape(-1)[keep].reshape(1, 1, -1)
         k = self.options["num_cells"] if num_cells == "default" else num_cells
         sc = None
         if score is not None:
@@ -119,7 +147,7 @@ class AceFrontEnd:
         finite = np.all(np.isfinite(X), 1)
         return pnp_ransac(uv[finite], X[finite], cam, threshold_px=o["threshold_px"],
                           max_iterations=o["max_iterations"], confidence=o["confidence"],
-                          min_inliers=o["min_inliers"], backend=o["backend"])
+                          min_inliers=o["min_inliers"], backend=o["backend"], backend_options=o["backend_options"])
 
     def _sync(self):
         if self.device.startswith("cuda"):
@@ -128,7 +156,8 @@ class AceFrontEnd:
     def localize(self, image: np.ndarray, camera: Camera) -> LocalizationResult:
         t0 = time.perf_counter()
         timings: dict = {}
-        uv, X, _, cam = self.predict(image, camera, timings)
+        shared: dict = {}
+        uv, X, _, cam = self.predict(image, camera, timings, shared=shared)
         t1 = time.perf_counter()
         res = self.solve(uv, X, cam)
         t2 = time.perf_counter()
@@ -139,10 +168,11 @@ class AceFrontEnd:
             reason = "too_few_inliers" if res.reason in ("too_few_inliers", "too_few_points", "ransac_failed") \
                 else res.reason
             return LocalizationResult(False, None, None, 0.0, self.name, reason, res.num_inliers,
-                                      res.inlier_ratio, 0.0, timings)
+                                      res.inlier_ratio, 0.0, timings, dense_features=shared or None)
         cov = None if res.covariance is None else res.covariance * float(self.options["covariance_scale"])
         return LocalizationResult(True, res.T_world_cam, cov, self._confidence(res), self.name, "ok",
-                                  res.num_inliers, res.inlier_ratio, float(res.num_inliers), timings)
+                                  res.num_inliers, res.inlier_ratio, float(res.num_inliers), timings,
+                                  dense_features=shared or None)
 
     def _confidence(self, res) -> float:
         """Heuristic in [0, 1]: saturating in the inlier count (``confidence_inliers``) times
