@@ -49,7 +49,8 @@ def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp
     path, names = demo_map_ace
     mapping = open_dataset(demo_scene_root, frames=names)
     ref = build_reference(mapping, tmp_path / "bt601.ref.safetensors", {"pca_images": 6})
-    loc = Localizer.from_map(path, refine=True, reference=ref)
+    # fp32 encoder: the shared levels equal the refiner's own fp32 pass exactly
+    loc = Localizer.from_map(path, refine=True, reference=ref, front_end_options={"encoder_precision": "fp32"})
     assert loc.shares_features
     frame = mapping[2]
     # The map runs at 240 rows: feed a 320x240 image so that the front end does not resize it.
@@ -69,5 +70,11 @@ def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp
     assert full.success and full.dense_features is None and full.refinement.ran
     # A resized image: nothing to share (the levels would not be at the image's resolution).
     assert loc.front_end.localize(frame.image, frame.camera).dense_features is None
+    # the default bf16 encoder: the same levels to bf16 precision (float32 tensors)
+    shared = Localizer.from_map(path, refine=True, reference=ref).front_end.localize(small, cam).dense_features
+    for lv in loc.refiner.levels:
+        assert shared[lv].dtype == torch.float32
+        cos = torch.nn.functional.cosine_similarity(shared[lv], own[lv], dim=1)
+        assert cos.mean() > 0.99, (lv, float(cos.mean()))
     ref_mean = build_reference(mapping, tmp_path / "mean.ref.safetensors", {"pca_images": 6, "gray": "mean"})
     assert not Localizer.from_map(path, refine=True, reference=ref_mean).shares_features

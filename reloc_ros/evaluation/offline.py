@@ -13,6 +13,7 @@ Python: ``evaluate(map_path, dataset, refine=False, ...) -> dict``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,9 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     out["map_load_s"] = load_s
     out["front_end"] = localizer.front_end_name
     out["refine"] = bool(localizer.refine)
+    out["front_end_options"] = dict(getattr(localizer.front_end, "options", {}))
+    if localizer.refiner is not None:
+        out["refiner_options"] = dict(localizer.refiner.conf)
     if reference is not None:
         out["reference"] = str(reference)
     out["device"] = device
@@ -122,6 +126,16 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     return out
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,11 +150,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True, type=Path, help="where to write the results JSON")
     p.add_argument("--plots", type=Path, help="folder for PNG plots (trajectory, errors, CDF, latency)")
     p.add_argument("--tum", type=Path, help="folder for TUM trajectory files (groundtruth.tum, estimate.tum)")
+    p.add_argument("--front-end-options", type=_json_object, default={}, metavar="JSON",
+                   help="front-end options, e.g. '{\"cell_stride\": 1}' (ACE: frontends/ace/frontend.py DEFAULT_OPTIONS)")
+    p.add_argument("--refiner-options", type=_json_object, default={}, metavar="JSON",
+                   help="refiner options, e.g. '{\"max_points\": 1024}' (refinement/refiner.py DEFAULT_REFINER_CONF)")
     args = p.parse_args(argv)
     try:
         res = evaluate(args.map, args.dataset, refine=args.refine, device=args.device, frames=args.frames,
                        intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum,
-                       reference=args.reference)
+                       reference=args.reference, front_end_options=args.front_end_options,
+                       refiner_options=args.refiner_options)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"reloc-eval: error: {e}", file=sys.stderr)
         return 2

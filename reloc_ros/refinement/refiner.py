@@ -32,7 +32,7 @@ DEFAULT_REFINER_CONF = {
     "num_views": 4,              # reference images whose points are used
     "num_candidates": 12,        # nearest reference images (distance + angle) scored by visible points
     "angle_weight_m": 0.5,       # metres per radian of optical-axis angle in the nearest-view distance
-    "max_points": 512,           # 512 vs 1024: same accuracy on 7-Scenes, half the time (benchmarks/RESULTS_refinement.md)
+    "max_points": 1024,          # 7-Scenes (ACE, 400 queries): 77 % within 5 cm/5° at 28 ms; 512 points: 73 % at 25 ms
     "min_points": 40,            # fewer visible points -> reject ("too_few_points")
     "border_px": 4,
     "levels": None,              # subset of the reference's levels to use (coarse to fine); None = all
@@ -42,12 +42,16 @@ DEFAULT_REFINER_CONF = {
     "lambda_init": 1e-3,
     "lambda_max": 1e4,
     "tol_translation_m": 5e-4,   # stop a level when the step is below both tolerances (0.5 mm / 0.03°: far below
-    "tol_rotation_rad": 5e-4,    # the maps' accuracy; 1e-4 cost 60 % more iterations for the same result)
+    "tol_rotation_rad": 5e-4,    # the maps' accuracy; 1e-4 cost 30 % more time for the same accuracy)
     "max_translation_m": 0.5,    # larger total updates are rejected ("update_too_large")
     "max_rotation_deg": 20.0,
     "max_final_cost": 0.25,      # mean robust cost at the finest level above this -> "poor_alignment"
     "min_inlier_ratio": 0.15,    # share of points with ‖r‖² < loss_scale at the finest level below this -> "poor_alignment"
     "cost_rise_tol": 1e-6,       # relative; a final finest-level cost above the initial one -> "cost_increased"
+    # torch CPU threads while refining (set and restored around each call; None = leave torch's setting). The LM
+    # is hundreds of small ops, for which a second thread costs more than it gives: 7-Scenes through the node on
+    # 2 cores, 25 ms with 1 thread vs 43 ms with 2 (benchmarks/RESULTS_refinement.md).
+    "cpu_threads": 1,
 }
 
 
@@ -140,6 +144,17 @@ class FeaturemetricRefiner:
                point_weights: torch.Tensor | None = None, raw_features: dict | None = None) -> RefinementResult:
         """Refine ``T_init`` (4×4 camera-to-world) for ``image`` ((H, W, 3) uint8 RGB seen by ``camera``).
         ``raw_features``: XFeat levels of ``image`` already computed (``extract``), e.g. by the ACE front end."""
+        n = self.conf["cpu_threads"]
+        if n is None or self.device.type != "cpu":
+            return self._refine(image, camera, T_init, point_weights, raw_features)
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(n))
+        try:
+            return self._refine(image, camera, T_init, point_weights, raw_features)
+        finally:
+            torch.set_num_threads(before)
+
+    def _refine(self, image, camera, T_init, point_weights, raw_features) -> RefinementResult:
         t0 = time.perf_counter()
         c = self.conf
         T_init = np.asarray(T_init, dtype=np.float64)

@@ -87,7 +87,7 @@ class XFeatEncoder(DenseEncoder):
 
     def forward(self, gray: torch.Tensor):
         out = self.pyramid(gray)
-        self.last_levels = {lv: out[lv] for lv in self.shared_levels} or None
+        self.last_levels = {lv: out[lv].float() for lv in self.shared_levels} or None
         return out["fused"], out["heat"]
 
 
