@@ -210,6 +210,7 @@ def test_on_demand_and_max_rate_modes(loc):
     """on_demand: frames are dropped as 'idle' until ~/relocalize, which localizes exactly the next frame and
     answers with its outcome. max_rate: frames within 1/max_rate s of the last processed one are 'rate_limited',
     unless a ~/relocalize request is pending."""
+    from std_srvs.srv import Trigger
     cl = loc.cl
     try:
         cl.set_params(NAME, mode="on_demand")
@@ -220,6 +221,12 @@ def test_on_demand_and_max_rate_modes(loc):
         assert res.success and res.message == "ok", res.message
         assert reasons.count("ok") == 1 and set(reasons) - {"ok"} <= {"idle"}, reasons
         assert loc.status(loc.send(5)).reason == "idle"  # one frame per request
+        # a request that times out is withdrawn: the next frame is not processed for nobody
+        cl.set_params(NAME, relocalize_timeout=0.5)
+        res = cl.call(Trigger, f"/{NAME}/relocalize")
+        assert not res.success and res.message.startswith("timeout"), res.message
+        assert loc.status(loc.send(2)).reason == "idle"
+        cl.set_params(NAME, relocalize_timeout=10.0)
 
         cl.set_params(NAME, mode="continuous", max_rate=0.5)
         time.sleep(2.1)  # > 1 / max_rate since the last processed frame

@@ -589,7 +589,8 @@ class LocalizerNode(LifecycleNode):
             before = self._last_result[0] if self._last_result else -1
         with self._slot_cond:
             self._relocalize_requests += 1
-        deadline = time.monotonic() + 10.0
+        timeout = float(self.p("relocalize_timeout"))
+        deadline = time.monotonic() + timeout
         with self._result_cond:
             while True:
                 r = self._last_result
@@ -598,9 +599,12 @@ class LocalizerNode(LifecycleNode):
                     return response
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    response.success, response.message = False, "timeout: no frame processed within 10 s"
-                    return response
+                    break
                 self._result_cond.wait(left)
+        with self._slot_cond:  # withdraw the request unless a frame took it (requests are fungible)
+            self._relocalize_requests = max(0, self._relocalize_requests - 1)
+        response.success, response.message = False, f"timeout: no frame processed within {timeout:g} s"
+        return response
 
     def _srv_reload(self, request, response):
         try:

@@ -62,6 +62,8 @@ LOCALIZER_PARAMS = [
     Param("mode", "continuous", "'continuous': localize the latest frame whenever the worker is free; 'on_demand': "
           "only after a ~/relocalize request (one frame per request).", choices=("continuous", "on_demand")),
     Param("max_rate", 0.0, "Maximum localizations per second (Hz); 0 = as fast as the worker goes.", min=0.0),
+    Param("relocalize_timeout", 10.0, "Seconds ~/relocalize waits for a frame to be localized; on timeout the request "
+          "is withdrawn (a later frame is not processed for it).", min=0.1),
     Param("max_frame_age", 0.0, "Seconds; frames older than this (node clock minus image stamp) when the worker "
           "takes them are dropped as stale_frame. 0 = no age limit (e.g. bag replay with original stamps).",
           min=0.0),
