@@ -117,8 +117,7 @@ class Localizer:
 
     def _apply_refinement(self, result: LocalizationResult, image, camera, T_start) -> None:
         t0 = time.perf_counter()
-        raw, result.dense_features = result.dense_features, None
-        r = self.refiner.refine(image, camera, T_start, raw_features=raw)
+        r = self.refiner.refine(image, camera, T_start, raw_features=result.dense_features)
         result.timings_ms["refinement"] = (time.perf_counter() - t0) * 1e3
         accepted = bool(getattr(r, "accepted", getattr(r, "success", False)))
         result.refinement = RefinementInfo(ran=True, accepted=accepted, iterations=int(r.iterations),

@@ -17,7 +17,7 @@ from reloc_ros.mapping.cli import _merge_conf, parse_sets
 from reloc_ros.metrics import pose_error
 from reloc_ros.refinement import FeaturemetricRefiner, ReferenceBuildError, build_reference
 from reloc_ros.refinement import reference as ref_mod
-from reloc_ros.refinement.triangulation import (TriangulationError, camera_to_colmap, colmap_to_pixel,
+from reloc_ros.refinement.triangulation import (TriangulationError, colmap_to_pixel,
                                                 pixel_to_colmap, select_pairs, triangulate_dataset)
 
 STRIDE = 4  # every 4th of the 120 mapping frames: 30 images
@@ -63,7 +63,7 @@ def test_pixel_convention_against_pycolmap_sift():
     np.testing.assert_allclose(pixel_to_colmap(colmap_to_pixel(kp)), kp, atol=1e-6)
     # camera: our plumb_bob camera -> COLMAP model -> Camera.from_colmap is the identity, and both project alike
     cam = Camera.from_pinhole(520.0, 515.0, 319.3, 241.7, 640, 480, [0.1, -0.05, 0.001, -0.002, 0.0])
-    model, params = camera_to_colmap(cam)
+    model, params = cam.to_colmap()
     pc = pycolmap.Camera(model=model, width=640, height=480, params=params)
     back = Camera.from_colmap(pc)
     np.testing.assert_allclose(back.K, cam.K, atol=1e-12)
@@ -72,7 +72,7 @@ def test_pixel_convention_against_pycolmap_sift():
     uv_ours, _ = cam.project(X)
     uv_colmap = pc.img_from_cam(X)
     np.testing.assert_allclose(colmap_to_pixel(uv_colmap), uv_ours, atol=1e-6)
-    assert camera_to_colmap(Camera.from_pinhole(500, 500, 319.5, 239.5, 640, 480))[0] == "PINHOLE"
+    assert Camera.from_pinhole(500, 500, 319.5, 239.5, 640, 480).to_colmap()[0] == "PINHOLE"
 
 
 def test_select_pairs_from_poses(mapping):

@@ -89,6 +89,18 @@ class Camera:
                                      "(SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV)")
         return cls.from_pinhole(fx, fy, cx - 0.5, cy - 0.5, cam.width, cam.height, dist)
 
+    def to_colmap(self) -> tuple[str, list[float]]:
+        """COLMAP model name and parameters (the inverse of ``from_colmap``: principal point +0.5 px to COLMAP's
+        corner origin): PINHOLE without distortion, OPENCV with k3 = 0, FULL_OPENCV otherwise (plumb_bob exactly,
+        k4..k6 = 0; ``from_colmap`` does not read FULL_OPENCV back)."""
+        fx, fy, cx, cy = self.fx, self.fy, self.cx + 0.5, self.cy + 0.5
+        k1, k2, p1, p2, k3 = self.dist.tolist()
+        if not self.is_distorted:
+            return "PINHOLE", [fx, fy, cx, cy]
+        if k3 == 0:
+            return "OPENCV", [fx, fy, cx, cy, k1, k2, p1, p2]
+        return "FULL_OPENCV", [fx, fy, cx, cy, k1, k2, p1, p2, k3, 0.0, 0.0, 0.0]
+
     def to_camera_info(self) -> dict:
         """CameraInfo-shaped dict (``k``, ``d``, ``p``, ``r``, ``width``, ``height``, ``distortion_model``)."""
         P = np.zeros((3, 4))

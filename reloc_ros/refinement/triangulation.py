@@ -8,7 +8,7 @@ only the points). Points are filtered by track length, mean reprojection error a
 
 Pixel convention: COLMAP puts the pixel-grid origin at the top-left *corner* of the top-left pixel, this repository
 at its *centre* (``docs/architecture.md``): ``uv_ours = uv_colmap − 0.5`` (``colmap_to_pixel``), and the principal
-point moves the same way (``camera_to_colmap``; ``Camera.from_colmap`` undoes it).
+point moves the same way (``Camera.to_colmap``; ``Camera.from_colmap`` undoes it).
 """
 from __future__ import annotations
 
@@ -23,10 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..geometry.camera import Camera
-
 __all__ = ["DEFAULT_TRIANGULATION_CONF", "Triangulation", "TriangulationError", "triangulate_dataset",
-           "select_pairs", "camera_to_colmap", "colmap_to_pixel", "pixel_to_colmap"]
+           "select_pairs", "colmap_to_pixel", "pixel_to_colmap"]
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +54,6 @@ def pixel_to_colmap(uv: np.ndarray) -> np.ndarray:
 def colmap_to_pixel(uv: np.ndarray) -> np.ndarray:
     """COLMAP pixels (origin at the top-left corner) -> this repository's convention (centre of the top-left pixel)."""
     return np.asarray(uv, dtype=np.float64) - 0.5
-
-
-def camera_to_colmap(camera: Camera) -> tuple[str, list[float]]:
-    """COLMAP model name and parameters of ``camera`` (principal point shifted by +0.5 px to COLMAP's origin):
-    PINHOLE without distortion, OPENCV with k3 = 0, FULL_OPENCV otherwise (plumb_bob exactly, k4..k6 = 0)."""
-    fx, fy = camera.fx, camera.fy
-    cx, cy = pixel_to_colmap([camera.cx, camera.cy])
-    k1, k2, p1, p2, k3 = camera.dist.tolist()
-    if not camera.is_distorted:
-        return "PINHOLE", [fx, fy, cx, cy]
-    if k3 == 0:
-        return "OPENCV", [fx, fy, cx, cy, k1, k2, p1, p2]
-    return "FULL_OPENCV", [fx, fy, cx, cy, k1, k2, p1, p2, k3, 0.0, 0.0, 0.0]
 
 
 @dataclass
@@ -187,7 +172,7 @@ def triangulate_dataset(frames, conf: dict | None = None, work_dir=None, progres
                                          f"is {fr.camera.width}x{fr.camera.height}")
             name = f"{i:06d}.png"
             cv2.imwrite(str(image_dir / name), cv2.cvtColor(fr.image, cv2.COLOR_RGB2BGR))
-            model, params = camera_to_colmap(fr.camera)
+            model, params = fr.camera.to_colmap()
             key = (model, fr.camera.width, fr.camera.height, tuple(np.round(params, 9)))
             groups.setdefault(key, []).append(name)
             names.append(name)

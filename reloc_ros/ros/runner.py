@@ -215,7 +215,10 @@ class _ClientNode:
             state = None if res is None else res.current_state.label
             if state == "active":
                 return
-            if state is None or state in ("configuring", "activating"):
+            if state is None:  # the response was lost: ask again
+                continue
+            if state in ("configuring", "activating"):  # the transition is running: ask again shortly
+                self.executor.spin_once(timeout_sec=0.1)
                 continue
             if state not in ("unconfigured", "inactive"):
                 raise LifecycleError(f"{proc.name} is in lifecycle state {state!r}")

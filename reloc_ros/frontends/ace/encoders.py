@@ -65,7 +65,7 @@ class XFeatEncoder(DenseEncoder):
     reliability heatmap as cell score (the pyramid pads the input to multiples of 32 at the bottom/right).
 
     ``share_levels(levels)`` makes the same pass also compute other XFeat levels (for the featuremetric refinement);
-    ``last_levels`` then holds them after each ``forward`` (else None)."""
+    ``last_levels`` then holds them after each ``forward`` (else it is empty)."""
 
     name = spec = "xfeat"
     dim = 64
@@ -78,7 +78,7 @@ class XFeatEncoder(DenseEncoder):
             raise EncoderError(str(e)) from e
         self.net = self.pyramid.net
         self.shared_levels: tuple = ()
-        self.last_levels: dict | None = None
+        self.last_levels: dict = {}
         self.eval().requires_grad_(False)
 
     def share_levels(self, levels) -> None:
@@ -87,7 +87,7 @@ class XFeatEncoder(DenseEncoder):
 
     def forward(self, gray: torch.Tensor):
         out = self.pyramid(gray)
-        self.last_levels = {lv: out[lv].float() for lv in self.shared_levels} or None
+        self.last_levels = {lv: out[lv] for lv in self.shared_levels}
         return out["fused"], out["heat"]
 
 

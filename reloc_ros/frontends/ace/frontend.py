@@ -58,7 +58,6 @@ class AceFrontEnd:
         self.feature_mean = feature_mean.float().to(self.device)
         self.feature_std = feature_std.float().to(self.device)
         self.image_height = int(image_height)
-        self.shared_levels: tuple = ()
 
     def share_levels(self, levels, gray: str) -> bool:
         """Also compute the XFeat ``levels`` (grayscale ``gray``) in the encoder pass, for the refinement to reuse
@@ -68,7 +67,6 @@ class AceFrontEnd:
         if not hasattr(self.encoder, "share_levels") or gray != "bt601":
             return False
         self.encoder.share_levels(levels)
-        self.shared_levels = tuple(levels)
         return True
 
     @classmethod
@@ -110,9 +108,8 @@ class AceFrontEnd:
         t1 = time.perf_counter()
         with autocast_context(self.device, self.options["encoder_precision"]):
             f, score = self.encoder(gray)
-        if shared is not None and self.shared_levels and abs(s - 1) <= 1e-9 \
-                and image.shape[0] % 8 == 0 and image.shape[1] % 8 == 0:
-            shared.update(self.encoder.last_levels)
+        if shared is not None and abs(s - 1) <= 1e-9 and image.shape[0] % 8 == 0 and image.shape[1] % 8 == 0:
+            shared.update({lv: v.float() for lv, v in getattr(self.encoder, "last_levels", {}).items()})
         C, h, w = f.shape[1:]
         f = f[0].reshape(C, -1).T.float()
         self._sync()
@@ -121,8 +118,9 @@ class AceFrontEnd:
         stride = int(self.options["cell_stride"])
         if stride > 1:
             i, j = np.divmod(np.arange(h * w), w)
-            keep = torch.from_numpy(np.nonzero((i + j) % stride == 0)[0]).to(f.device)
-            f, uv = f[keep], uv[keep.cpu().numpy()]
+            keep_np = np.nonzero((i + j) % stride == 0)[0]
+            keep = torch.from_numpy(keep_np).to(f.device)
+            f, uv = f[keep], uv[keep_np]
             if score is not None:
                 score = score.reshape(-1)[keep].reshape(1, 1, -1)
         k = self.options["num_cells"] if num_cells == "default" else num_cells
