@@ -22,13 +22,16 @@ def test_xfeat_encoder_matches_package_model():
 
     enc = make_encoder("xfeat")
     ref = XFeat(top_k=10).net.eval()
+    torch.manual_seed(0)
     g = torch.rand(1, 1, 96, 128)
     with torch.inference_mode():
         f, heat = enc(g)
         f_ref, _, heat_ref = ref(g)
     assert f.shape == (1, 64, 12, 16) and heat.shape == (1, 1, 12, 16)
-    torch.testing.assert_close(f, f_ref)
-    torch.testing.assert_close(heat, heat_ref)
+    # Our pyramid runs channels-last, the package model channels-first: the convolutions sum in another order, so
+    # fp32 outputs (unit-norm descriptors, O(0.1) entries) agree to ~1e-5, not bit for bit.
+    torch.testing.assert_close(f, f_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(heat, heat_ref, atol=1e-4, rtol=1e-4)
 
 
 def test_ace_encoder_loads_official_format(tmp_path):
