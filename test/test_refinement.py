@@ -164,3 +164,43 @@ def test_clear_errors_on_bad_input(refiner, scene):
         FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, max_iters=3)
     with pytest.raises(ValueError, match="not in the reference model"):
         FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, levels=["x4"])
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.0, 1.5])
+def test_gaussian_blur_matches_scipy_and_commutes_with_the_pca(sigma):
+    """The channels-last blur equals scipy's separable Gaussian (replicate borders, radius ⌈2σ⌉), and PCA-then-blur
+    (what reduce_and_normalize does, for speed) equals blur-then-PCA, the definition of the reference features."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from reloc_ros.refinement.features import gaussian_blur, reduce_and_normalize
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(9, 13, 5, generator=g, dtype=torch.float64)
+    r = int(np.ceil(2 * sigma))
+    ref = gaussian_filter1d(gaussian_filter1d(f.numpy(), sigma, axis=0, mode="nearest", radius=r), sigma, axis=1,
+                            mode="nearest", radius=r)
+    np.testing.assert_allclose(gaussian_blur(f, sigma).numpy(), ref, rtol=0, atol=1e-12)
+    raw = torch.randn(5, 9, 13, generator=g, dtype=torch.float64)        # (C, h, w)
+    mean, proj = torch.randn(5, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    blurred_first = (gaussian_blur(raw.permute(1, 2, 0), sigma) - mean) @ proj
+    expected = blurred_first / blurred_first.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(reduce_and_normalize(raw, mean, proj, sigma), expected, rtol=0, atol=1e-12)
+
+
+def test_numba_and_torch_lm_backends_agree(scene, refiner):
+    """The default CPU backend (numba kernel) and the torch one take the same LM path on a demo frame; a numba LM
+    cannot be asked of a CUDA refiner."""
+    _, query, ref_path = scene
+    assert refiner.lm_backend == "numba"
+    torch_refiner = FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, lm_backend="torch")
+    fr = query[int(_closest_queries(query, refiner.ref.image_poses.numpy(), 1)[0])]
+    T0 = perturb_T(fr.T_world_cam, 0.04, 1.5, np.random.default_rng(5))
+    a = refiner.refine(fr.image, fr.camera, T0)
+    b = torch_refiner.refine(fr.image, fr.camera, T0)
+    assert a.accepted and b.accepted
+    dt, dr = pose_error(a.T_world_cam, b.T_world_cam)
+    assert dt < 1e-4 and dr < 5e-3, (dt, dr)
+    assert abs(a.iterations - b.iterations) <= 2 and np.isclose(a.cost_final, b.cost_final, rtol=1e-3)
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        FeaturemetricRefiner(refiner.ref, "cuda", lm_backend="numba")
+    with pytest.raises(ValueError, match="lm_backend must be"):
+        FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, lm_backend="jax")

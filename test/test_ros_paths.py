@@ -242,14 +242,17 @@ def test_on_demand_and_max_rate_modes(loc):
 
 
 def test_initialpose_prior_is_refined_and_lost_recovery_publishes_initialpose(loc):
-    """With refine on (set at run time, applied by ~/reload_map): a base pose on /initialpose 4 cm / 1.5 deg off is
+    """With refine on (set at run time, applied by ~/reload_map; malformed refiner_options refused): a base pose on /initialpose 4 cm / 1.5 deg off is
     refined from the prior (no front end) to the ground truth; that pose follows a loss, so the node publishes it on
     /initialpose, and it never takes its own /initialpose as a prior. A prior in another frame is ignored."""
     from geometry_msgs.msg import PoseWithCovarianceStamped
 
     from reloc_ros.ros.conversions import T_to_pose, ns_to_stamp, pose_to_T
     cl = loc.cl
-    cl.set_params(NAME, refine=True)
+    cl.set_params(NAME, refine=True, refiner_options='{"max_points": 1024')  # not JSON: the reload says so
+    r = loc.call("reload_map")
+    assert not r.success and "refiner_options" in r.message, r.message
+    cl.set_params(NAME, refiner_options='{"max_points": 1024, "lm_backend": "numba"}')
     r = loc.call("reload_map")
     assert r.success, r.message
 

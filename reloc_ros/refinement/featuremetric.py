@@ -73,7 +73,9 @@ def _residual_parts(T, X_w, f_ref, fmap, stride, intr, dist, with_jac):
 @dataclass
 class LevelCost:
     """Cost at one pose and level: ``cost`` (mean robust cost over valid points), ``num_valid``, ``H`` (6, 6) and
-    ``g`` (6,) of the normal equations (float64; None when not requested), ``sq_norms`` (N,), ``valid`` (N,)."""
+    ``g`` (6,) of the normal equations (float64; None when not requested), ``sq_norms`` (N,), ``valid`` (N,),
+    ``weighted_sq_sum`` (Σ wρ'‖r‖²). Arrays are torch tensors from ``evaluate_level``, numpy arrays from
+    ``featuremetric_cpu.evaluate_level_cpu``."""
 
     cost: float
     num_valid: int

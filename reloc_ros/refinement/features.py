@@ -13,28 +13,38 @@ __all__ = ["LEVELS", "XFeatPyramid", "rgb_to_gray", "gaussian_blur", "sample_bil
 
 
 def gaussian_blur(fmap: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (std ``sigma`` cells, radius ⌈2σ⌉, replicate padding) of a (C, h, w) map."""
+    """Separable Gaussian blur (std ``sigma`` cells, radius ⌈2σ⌉, replicate padding) of an (h, w, C)
+    channels-last map, as weighted sums of shifted slices (faster on a CPU than a grouped convolution)."""
     if sigma <= 0:
         return fmap
     r = max(1, int(np.ceil(2 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=fmap.dtype, device=fmap.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    C = fmap.shape[0]
-    f = F.pad(fmap[None], (r, r, r, r), mode="replicate")
-    f = F.conv2d(f, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    f = F.conv2d(f, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-    return f[0]
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).tolist()
+    out = fmap
+    for dim in (0, 1):
+        n = out.shape[dim]
+        first, last = out.narrow(dim, 0, 1), out.narrow(dim, n - 1, 1)
+        reps = [1, 1, 1]
+        reps[dim] = r
+        padded = torch.cat([first.repeat(*reps), out, last.repeat(*reps)], dim)
+        acc = padded.narrow(dim, 0, n) * k[0]
+        for i in range(1, 2 * r + 1):
+            acc.add_(padded.narrow(dim, i, n), alpha=k[i])
+        out = acc
+    return out
 
 
 def reduce_and_normalize(fmap: torch.Tensor, mean: torch.Tensor | None = None, proj: torch.Tensor | None = None,
                          blur_sigma: float = 0.0) -> torch.Tensor:
     """(C, h, w) raw features -> (h, w, D) channels-last: blurred (``blur_sigma`` cells), PCA-reduced
-    (``(f − mean) @ proj``, proj (C, D)) when given, and L2-normalised per pixel."""
-    f = gaussian_blur(fmap, blur_sigma).permute(1, 2, 0)
+    (``(f − mean) @ proj``, proj (C, D)) when given, and L2-normalised per pixel. The PCA runs before the blur
+    (the same map: the blur is linear with unit gain), so that the blur sees D channels, not C."""
+    f = fmap.permute(1, 2, 0)
     if proj is not None:
-        f = (f - mean) @ proj
-    return F.normalize(f, dim=-1).contiguous()
+        h, w, C = f.shape
+        f = torch.addmm(-(mean @ proj).view(1, -1), f.reshape(h * w, C), proj).view(h, w, -1)
+    return F.normalize(gaussian_blur(f, blur_sigma), dim=-1).contiguous()
 
 
 def sample_bilinear(fmap: torch.Tensor, xy: torch.Tensor, with_grad: bool = True):

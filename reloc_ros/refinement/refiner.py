@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from ..geometry.camera import Camera
-from ..geometry.pose import covariance_right_to_world, rotation_angle_deg
-from ..geometry.projection_torch import camera_params_torch, project, world_to_camera
-from .featuremetric import evaluate_level, se3_exp_right_torch
+from ..geometry.pose import (covariance_right_to_world, invert_T, rotation_angle_deg, se3_exp_right,
+                             transform_points)
+from ..geometry.projection_torch import camera_params_torch
+from .featuremetric import LevelCost, evaluate_level
+from .featuremetric_cpu import evaluate_level_cpu, warm_up
 from .features import XFeatPyramid, reduce_and_normalize, rgb_to_gray
 from .reference import ReferenceModel, load_reference
 
@@ -52,6 +54,9 @@ DEFAULT_REFINER_CONF = {
     # is hundreds of small ops, for which a second thread costs more than it gives: 7-Scenes through the node on
     # 2 cores, 25 ms with 1 thread vs 43 ms with 2 (benchmarks/RESULTS_refinement.md).
     "cpu_threads": 1,
+    # Where the LM cost and normal equations are evaluated: "numba" (a fused CPU kernel, featuremetric_cpu.py,
+    # ~10x faster than torch on a CPU), "torch" (featuremetric.py; any device), "auto" = numba on CPU, else torch.
+    "lm_backend": "auto",
 }
 
 
@@ -96,9 +101,21 @@ class FeaturemetricRefiner:
         self.conf["max_iterations"] = (its + [its[-1]] * len(levels))[: len(levels)]
         self.ref = reference
         self.device = torch.device(device)
+        backend = self.conf["lm_backend"]
+        if backend not in ("auto", "numba", "torch"):
+            raise ValueError(f"lm_backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+        if backend == "numba" and self.device.type != "cpu":
+            raise ValueError(f"lm_backend 'numba' runs on the CPU; the refiner's device is {self.device}")
+        self.lm_backend = ("numba" if self.device.type == "cpu" else "torch") if backend == "auto" else backend
         if net is not None and not set(levels) <= set(net.levels):
             raise ValueError(f"the given feature network computes {net.levels}, not all of {levels}")
         self.net = (net or XFeatPyramid(levels)).to(self.device)
+        # CPU copies for the point selection and the numba kernel
+        self._points_np = np.ascontiguousarray(reference.points_xyz.cpu().numpy(), dtype=np.float64)
+        self._image_poses_np = reference.image_poses.cpu().numpy().astype(np.float64)
+        self._offsets_np = reference.image_offsets.cpu().numpy().astype(np.int64)
+        if self.lm_backend == "numba":
+            warm_up()
 
     @classmethod
     def from_reference(cls, source, device: str = "cpu", **conf) -> "FeaturemetricRefiner":
@@ -113,31 +130,53 @@ class FeaturemetricRefiner:
             raw = self.net(rgb_to_gray(image, self.ref.gray, self.device))
         return {lv: reduce_and_normalize(raw[lv][0], *self.ref.pca[lv], self.ref.blur[lv]) for lv in self.levels}
 
-    def select_points(self, T: torch.Tensor, camera: Camera) -> torch.Tensor:
-        """Indices of reference points seen from pose ``T``: from the ``num_views`` nearby reference images with
-        the most points projecting inside the image (at most ``max_points``, best-gradient first per view)."""
+    def select_points(self, T: np.ndarray, camera: Camera) -> np.ndarray:
+        """Indices of reference points seen from pose ``T`` (4×4 ``T_world_cam``): from the ``num_views`` nearby
+        reference images with the most points projecting inside the image (at most ``max_points``, best-gradient
+        first per view). Runs in numpy on the CPU copies of the poses and points (a few hundred points per view)."""
         c = self.conf
-        poses = self.ref.image_poses
-        d = torch.linalg.norm(poses[:, :3, 3] - T[:3, 3], dim=-1)
-        cosang = (poses[:, :3, 2] * T[:3, 2]).sum(-1).clamp(-1, 1)
-        score = d + c["angle_weight_m"] * torch.arccos(cosang)
-        cand = torch.argsort(score)[: c["num_candidates"]]
-        intr, dist = camera_params_torch(camera, device=self.device)
+        poses, offsets = self._image_poses_np, self._offsets_np
+        d = np.linalg.norm(poses[:, :3, 3] - T[:3, 3], axis=-1)
+        cosang = np.clip(np.einsum("ni,i->n", poses[:, :3, 2], T[:3, 2]), -1.0, 1.0)
+        cand = np.argsort(d + c["angle_weight_m"] * np.arccos(cosang), kind="stable")[: c["num_candidates"]]
+        starts, ends = offsets[cand], offsets[cand + 1]
+        idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+        uv, ok = camera.project(transform_points(invert_T(T), self._points_np[idx]))
         b = c["border_px"]
-        per_view = []
-        for i in cand.tolist():
-            s, e = int(self.ref.image_offsets[i]), int(self.ref.image_offsets[i + 1])
-            X_c = world_to_camera(T, self.ref.points_xyz[s:e])
-            uv, ok = project(X_c, intr, dist)
-            ok &= (uv[:, 0] >= b) & (uv[:, 0] <= camera.width - 1 - b) & (uv[:, 1] >= b) & \
-                  (uv[:, 1] <= camera.height - 1 - b)
-            per_view.append((int(ok.sum()), s + torch.nonzero(ok)[:, 0]))
-        per_view.sort(key=lambda x: -x[0])
-        chosen = [idx for n, idx in per_view[: c["num_views"]] if n > 0]
+        ok &= (uv[:, 0] >= b) & (uv[:, 0] <= camera.width - 1 - b) & (uv[:, 1] >= b) & \
+              (uv[:, 1] <= camera.height - 1 - b)
+        bounds = np.concatenate([[0], np.cumsum(ends - starts)])
+        per_view = [(int(ok[s:e].sum()), idx[s:e][ok[s:e]]) for s, e in zip(bounds[:-1], bounds[1:])]
+        per_view.sort(key=lambda x: -x[0])  # stable: ties keep the nearer view first
+        chosen = [i for n, i in per_view[: c["num_views"]] if n > 0]
         if not chosen:
-            return torch.zeros(0, dtype=torch.long, device=self.device)
+            return np.zeros(0, dtype=np.int64)
         k = max(1, c["max_points"] // len(chosen))
-        return torch.cat([idx[:k] for idx in chosen])
+        return np.concatenate([i[:k] for i in chosen])
+
+    def _level_problem(self, lv: str, idx: torch.Tensor, fmap: torch.Tensor, camera: Camera,
+                       weights: torch.Tensor | None):
+        """The cost of one level as a function ``(T_world_cam (4, 4) float64, with_jac=True) -> LevelCost`` of
+        numpy arrays, for the LM (which runs in numpy: a 6×6 solve per step is faster there than in torch)."""
+        c = self.conf
+        if self.lm_backend == "numba":
+            args = (self._points_np[idx.cpu().numpy()], self.ref.features[lv][idx].float().cpu().numpy(),
+                    fmap.float().contiguous().cpu().numpy(), float(self.ref.strides[lv]),
+                    np.array([camera.fx, camera.fy, camera.cx, camera.cy]),
+                    np.asarray(camera.dist, dtype=np.float64) if camera.is_distorted else None,
+                    c["loss"], c["loss_scale"], None if weights is None else weights.double().cpu().numpy())
+            return lambda T, jac=True: evaluate_level_cpu(T, *args, with_jac=jac)
+        # geometry in float32 (sub-micrometre at room scale); the LM state stays float64
+        intr, dist = camera_params_torch(camera, dtype=torch.float32, device=self.device)
+        args = (self.ref.points_xyz[idx].float(), self.ref.features[lv][idx], fmap, self.ref.strides[lv], intr,
+                dist if camera.is_distorted else None, c["loss"], c["loss_scale"], weights)
+
+        def evaluate(T, jac=True):
+            lc = evaluate_level(torch.as_tensor(T, dtype=torch.float32, device=self.device), *args, with_jac=jac)
+            return LevelCost(lc.cost, lc.num_valid, None if lc.H is None else lc.H.cpu().numpy(),
+                             None if lc.g is None else lc.g.cpu().numpy(), lc.sq_norms.cpu().numpy(),
+                             lc.valid.cpu().numpy(), lc.weighted_sq_sum)
+        return evaluate
 
     # ---------------------------------------------------------------------------------------------------------
     def refine(self, image: np.ndarray, camera: Camera, T_init: np.ndarray,
@@ -167,54 +206,46 @@ class FeaturemetricRefiner:
             raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but the camera is "
                              f"{camera.width}x{camera.height}")
         timings = {}
-        T0 = torch.as_tensor(T_init, dtype=torch.float64, device=self.device)
 
         def reject(reason, cost0=float("nan"), cost1=float("nan"), its=0, n=0, T_ref=None, inl=float("nan")):
             timings["total"] = (time.perf_counter() - t0) * 1e3
             return RefinementResult(False, T_init.copy(), None, its, cost0, cost1, reason, n, 0.0, inl, timings,
                                     T_ref)
 
-        idx = self.select_points(T0, camera)
+        idx_np = self.select_points(T_init, camera)
         timings["select"] = (time.perf_counter() - t0) * 1e3
-        if idx.numel() < c["min_points"]:
-            return reject("too_few_points", n=int(idx.numel()))
+        if len(idx_np) < c["min_points"]:
+            return reject("too_few_points", n=len(idx_np))
+        idx = torch.from_numpy(idx_np).to(self.device)
         t1 = time.perf_counter()
         maps = self.extract(image, raw_features)
         timings["features"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
-        X_w = self.ref.points_xyz[idx].float()
         w_pts = None if point_weights is None else point_weights.to(self.device)[idx]
-        intr, dist = camera_params_torch(camera, dtype=torch.float32, device=self.device)
-        dist = dist if camera.is_distorted else None
-        fine = self.levels[-1]
-
-        def ev(T, lv, jac=True):  # geometry in float32 (sub-micrometre at room scale); the LM state stays float64
-            return evaluate_level(T.float(), X_w, self.ref.features[lv][idx], maps[lv], self.ref.strides[lv], intr, dist,
-                                  c["loss"], c["loss_scale"], w_pts, jac)
-
-        cost_init_fine = ev(T0, fine, jac=False).cost
-        T = T0.clone()
+        problems = [self._level_problem(lv, idx, maps[lv], camera, w_pts) for lv in self.levels]
+        cost_init_fine = problems[-1](T_init, False).cost
+        T = T_init.copy()
         iterations = 0
         last = None
-        for lv, max_it in zip(self.levels, c["max_iterations"]):
-            cur = ev(T, lv)
+        for problem, max_it in zip(problems, c["max_iterations"]):
+            cur = problem(T)
             if cur.num_valid < c["min_points"]:
                 return reject("too_few_points", cost_init_fine, cur.cost, iterations, cur.num_valid)
             lam = c["lambda_init"]
             for _ in range(max_it):
                 iterations += 1
-                A = cur.H + lam * torch.diag(cur.H.diagonal().clamp_min(1e-9))
+                A = cur.H + lam * np.diag(np.maximum(np.diag(cur.H), 1e-9))
                 try:
-                    delta = -torch.linalg.solve(A, cur.g)
-                except RuntimeError:
+                    delta = -np.linalg.solve(A, cur.g)
+                except np.linalg.LinAlgError:
                     return reject("diverged", cost_init_fine, cur.cost, iterations, cur.num_valid)
-                T_new = se3_exp_right_torch(T, delta)
-                new = ev(T_new, lv)
+                T_new = se3_exp_right(T, delta)
+                new = problem(T_new)
                 if new.num_valid >= c["min_points"] and new.cost < cur.cost:
                     T, cur = T_new, new
                     lam = max(lam / 10, 1e-8)
-                    if (torch.linalg.norm(delta[:3]) < c["tol_translation_m"]
-                            and torch.linalg.norm(delta[3:]) < c["tol_rotation_rad"]):
+                    if (np.linalg.norm(delta[:3]) < c["tol_translation_m"]
+                            and np.linalg.norm(delta[3:]) < c["tol_rotation_rad"]):
                         break
                 else:
                     lam *= 10
@@ -222,12 +253,12 @@ class FeaturemetricRefiner:
                         break
             last = cur
         timings["optimize"] = (time.perf_counter() - t1) * 1e3
-        T_np = T.cpu().numpy()
+        T_np = T
         if not np.all(np.isfinite(T_np)):
-            return reject("diverged", cost_init_fine, float("nan"), iterations, int(idx.numel()))
+            return reject("diverged", cost_init_fine, float("nan"), iterations, len(idx_np))
         cost_final = last.cost
         n = last.num_valid
-        inl = float(((last.sq_norms < c["loss_scale"]) & last.valid).sum()) / max(n, 1)
+        inl = float(np.count_nonzero((last.sq_norms < c["loss_scale"]) & last.valid)) / max(n, 1)
         dt = float(np.linalg.norm(T_np[:3, 3] - T_init[:3, 3]))
         dr = rotation_angle_deg(T_init[:3, :3], T_np[:3, :3])
         if dt > c["max_translation_m"] or dr > c["max_rotation_deg"]:
@@ -237,13 +268,13 @@ class FeaturemetricRefiner:
         if cost_final > c["max_final_cost"] or inl < c["min_inlier_ratio"]:
             return reject("poor_alignment", cost_init_fine, cost_final, iterations, n, T_np, inl)
         # Covariance of the right perturbation: σ² H⁻¹, σ² the weighted residual variance per scalar residual.
-        D = self.ref.features[fine].shape[1]
+        D = self.ref.features[self.levels[-1]].shape[1]
         dof = max(n * D - 6, 1)
         sigma2 = last.weighted_sq_sum / dof
         try:
-            cov_right = c["covariance_scale"] * sigma2 * torch.linalg.inv(last.H).cpu().numpy()
+            cov_right = c["covariance_scale"] * sigma2 * np.linalg.inv(last.H)
             cov = covariance_right_to_world(T_np, 0.5 * (cov_right + cov_right.T))
-        except RuntimeError:
+        except np.linalg.LinAlgError:
             cov = None
         confidence = float(np.clip(1.0 - cost_final / c["max_final_cost"], 0.0, 1.0))
         timings["total"] = (time.perf_counter() - t0) * 1e3

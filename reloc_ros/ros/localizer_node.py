@@ -221,19 +221,23 @@ class LocalizerNode(LifecycleNode):
                                f"refine={self.localizer.refine}, device {self.p('device')})")
         return TransitionCallbackReturn.SUCCESS
 
+    def _json_object(self, name: str) -> dict:
+        try:
+            value = json.loads(str(self.p(name)) or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} is not a JSON object: {err}") from err
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a JSON object")
+        return value
+
     def _load_localizer(self):
         from ..localizer import Localizer
         path = str(self.p("map_path"))
         if not path:
             raise ValueError("parameter map_path is empty: give the map file written by reloc-map")
-        try:
-            options = json.loads(str(self.p("front_end_options")) or "{}")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"front_end_options is not a JSON object: {err}") from err
-        if not isinstance(options, dict):
-            raise ValueError("front_end_options must be a JSON object")
         loc = Localizer.from_map(path, device=str(self.p("device")), refine=bool(self.p("refine")),
-                                 front_end_options=options,
+                                 front_end_options=self._json_object("front_end_options"),
+                                 refiner_options=self._json_object("refiner_options"),
                                  position_sigma_floor_m=float(self.p("position_sigma_floor")),
                                  rotation_sigma_floor_deg=float(self.p("rotation_sigma_floor_deg")))
         want = str(self.p("front_end"))

@@ -29,6 +29,8 @@ LOCALIZER_PARAMS = [
     Param("refine", False, "Run the featuremetric refinement (needs the map's .ref.safetensors reference model)."),
     Param("front_end_options", "{}", "JSON object of front-end options passed to Localizer.from_map (e.g. "
           "'{\"threshold_px\": 2.0}' for ACE)."),
+    Param("refiner_options", "{}", "JSON object of featuremetric refiner options (DEFAULT_REFINER_CONF keys in "
+          "reloc_ros/refinement/refiner.py, e.g. '{\"max_points\": 512}'); used when refine is true."),
     Param("position_sigma_floor", 0.03, "Map-accuracy floor (m): this standard deviation is added in quadrature to "
           "each position axis (x, y, z) of every published covariance (Localizer position_sigma_floor_m). Read with "
           "map_path: applied on configure and ~/reload_map.", min=0.0),
