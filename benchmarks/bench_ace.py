@@ -30,7 +30,8 @@ from reloc_ros.estimators.pnp import pnp_ransac  # noqa: E402
 from reloc_ros.frontends.ace.encoders import AceEncoderNet, make_encoder, rgb_to_gray_tensor  # noqa: E402
 from reloc_ros.frontends.ace.frontend import AceFrontEnd  # noqa: E402
 from reloc_ros.frontends.ace.head import SceneCoordinateHead  # noqa: E402
-from reloc_ros.frontends.ace.train import autocast_context, train  # noqa: E402
+from reloc_ros.frontends.ace.train import train  # noqa: E402
+from reloc_ros.precision import autocast_context  # noqa: E402
 from reloc_ros.geometry.camera import Camera  # noqa: E402
 from reloc_ros.map_file import load_map  # noqa: E402
 from reloc_ros.metrics import pose_error, summarize_errors  # noqa: E402

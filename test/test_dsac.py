@@ -99,6 +99,8 @@ def test_bad_options_raise():
     with pytest.raises(ValueError, match="unknown dsac option"):
         pnp_ransac(uv, X, CAM, backend="dsac", backend_options={"hypotheses": 64})
     with pytest.raises(ValueError, match="takes no backend_options"):
+        pnp_ransac(uv, X, CAM, backend="poselib", backend_options={"seed": 1})
+    with pytest.raises(ValueError, match="unknown opencv option"):
         pnp_ransac(uv, X, CAM, backend="opencv", backend_options={"seed": 1})
     with pytest.raises(ValueError, match="bad DSAC options"):
         pnp_ransac(uv + np.arange(30)[:, None], X + np.arange(30)[:, None], CAM, backend="dsac",

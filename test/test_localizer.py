@@ -50,7 +50,8 @@ def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp
     mapping = open_dataset(demo_scene_root, frames=names)
     ref = build_reference(mapping, tmp_path / "bt601.ref.safetensors", {"pca_images": 6})
     # fp32 encoder: the shared levels equal the refiner's own fp32 pass exactly
-    loc = Localizer.from_map(path, refine=True, reference=ref, front_end_options={"encoder_precision": "fp32"})
+    loc = Localizer.from_map(path, refine=True, reference=ref, front_end_options={"encoder_precision": "fp32"},
+                             refiner_options={"feature_precision": "fp32"})
     assert loc.shares_features
     frame = mapping[2]
     # The map runs at 240 rows: feed a 320x240 image so that the front end does not resize it.

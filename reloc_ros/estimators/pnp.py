@@ -26,6 +26,7 @@ from .dsac import DSAC_DEFAULTS, dsac_pnp
 __all__ = ["PnPResult", "pnp_ransac", "pose_covariance", "reprojection_residuals", "BACKENDS"]
 
 BACKENDS = ("poselib", "pycolmap", "opencv", "dsac")
+OPENCV_DEFAULTS = {"local_optimization": True}
 
 
 @dataclass
@@ -145,13 +146,21 @@ def _solve_pycolmap(uv, X, K, w, h, thr, max_it, conf, refine):
     return _T_from_Rt_cw(M[:, :3], M[:, 3]), np.asarray(out["inlier_mask"], dtype=bool)
 
 
-def _solve_opencv(uv, X, K, w, h, thr, max_it, conf, refine):
+def _solve_opencv(uv, X, K, w, h, thr, max_it, conf, refine, local_optimization=True):
     # OpenCV's USAC_FAST preset: interleaved on 100 7-Scenes queries (4800 ACE cells each) 20.9 ms p50 vs 30.7 ms
     # for the MSAC + inner-LO configuration used before, same accuracy (benchmarks/RESULTS.md).
+    # local_optimization=False: USAC without local optimisation (MSAC score; the LM on the inliers below still
+    # polishes the pose), about half the time of USAC_FAST on 2400 ACE cells (benchmarks/RESULTS_refinement.md).
     try:
-        ok, rvec, tvec, inl = cv2.solvePnPRansac(X[:, None], uv[:, None], K.copy(), None, flags=cv2.USAC_FAST,
-                                                 reprojectionError=float(thr), confidence=float(conf),
-                                                 iterationsCount=int(max_it))
+        if local_optimization:
+            ok, rvec, tvec, inl = cv2.solvePnPRansac(X[:, None], uv[:, None], K.copy(), None, flags=cv2.USAC_FAST,
+                                                     reprojectionError=float(thr), confidence=float(conf),
+                                                     iterationsCount=int(max_it))
+        else:
+            p = cv2.UsacParams()
+            p.threshold, p.confidence, p.maxIterations = float(thr), float(conf), int(max_it)
+            p.loMethod = cv2.LOCAL_OPTIM_NULL
+            ok, _, rvec, tvec, inl = cv2.solvePnPRansac(X[:, None], uv[:, None], K.copy(), None, params=p)
     except cv2.error:
         return None, np.zeros(len(uv), bool)
     mask = np.zeros(len(uv), bool)
@@ -182,7 +191,8 @@ def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, m
     backend: "poselib" (LO-RANSAC + bundle), "pycolmap" (LO-RANSAC + refinement), "opencv" (USAC + LM), "dsac"
     (DSAC*-style: soft inlier count over a fixed number of hypotheses + iterative refinement, ``estimators/dsac.py``;
     it ignores ``max_iterations`` / ``confidence``). backend_options: options of the "dsac" backend (keys of
-    ``dsac.DSAC_DEFAULTS``: num_hypotheses, beta, max_reproj_px, min_depth, refine_rounds, max_tries, seed); the
+    ``dsac.DSAC_DEFAULTS``: num_hypotheses, beta, max_reproj_px, min_depth, refine_rounds, max_tries, seed) or of
+    the "opencv" backend (``OPENCV_DEFAULTS``: local_optimization, False = USAC without local optimisation); the
     other backends take none. The dsac backend's diagnostics (hypotheses, tries, soft_inliers, refine_rounds) are in
     ``extra``.
     Returns a ``PnPResult`` (camera-to-world pose, inlier mask, covariance in the world convention).
@@ -193,12 +203,12 @@ def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, m
         raise ValueError(f"bad RANSAC options: threshold_px={threshold_px}, max_iterations={max_iterations}, "
                          f"confidence={confidence}")
     backend_options = dict(backend_options or {})
-    if backend_options and backend != "dsac":
+    known = {"dsac": DSAC_DEFAULTS, "opencv": OPENCV_DEFAULTS}.get(backend, {})
+    if backend_options and not known:
         raise ValueError(f"backend {backend!r} takes no backend_options (got {sorted(backend_options)})")
-    if backend == "dsac":
-        unknown = sorted(set(backend_options) - set(DSAC_DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown dsac option(s) {unknown}; known: {sorted(DSAC_DEFAULTS)}")
+    unknown = sorted(set(backend_options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {backend} option(s) {unknown}; known: {sorted(known)}")
     uv, X = _check_inputs(points2d, points3d)
     n = len(uv)
     empty = np.zeros(n, dtype=bool)
@@ -212,7 +222,7 @@ def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, m
         T, mask, info = dsac_pnp(uv, X, K, threshold_px, refine, **{**DSAC_DEFAULTS, **backend_options})
     else:
         T, mask = _SOLVERS[backend](uv, X, K, camera.width, camera.height, threshold_px, max_iterations, confidence,
-                                    refine)
+                                    refine, **backend_options)
     if T is None or not np.all(np.isfinite(T)):
         return PnPResult(False, None, empty, reason="ransac_failed", extra=info)
     k = int(mask.sum())

@@ -8,6 +8,7 @@ level rose, the update is implausibly large, or the final alignment is poor (see
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from ..geometry.camera import Camera
 from ..geometry.pose import (covariance_right_to_world, invert_T, rotation_angle_deg, se3_exp_right,
                              transform_points)
 from ..geometry.projection_torch import camera_params_torch
+from ..precision import autocast_context
 from .featuremetric import LevelCost, evaluate_level
 from .featuremetric_cpu import evaluate_level_cpu, warm_up
 from .features import XFeatPyramid, reduce_and_normalize, rgb_to_gray
@@ -50,13 +52,18 @@ DEFAULT_REFINER_CONF = {
     "max_final_cost": 0.25,      # mean robust cost at the finest level above this -> "poor_alignment"
     "min_inlier_ratio": 0.15,    # share of points with ‖r‖² < loss_scale at the finest level below this -> "poor_alignment"
     "cost_rise_tol": 1e-6,       # relative; a final finest-level cost above the initial one -> "cost_increased"
-    # torch CPU threads while refining (set and restored around each call; None = leave torch's setting). The LM
-    # is hundreds of small ops, for which a second thread costs more than it gives: 7-Scenes through the node on
-    # 2 cores, 25 ms with 1 thread vs 43 ms with 2 (benchmarks/RESULTS_refinement.md).
+    # torch CPU threads during the LM (set and restored around it; None = leave torch's setting). With the torch
+    # backend the LM is hundreds of small ops, for which a second thread costs more than it gives (7-Scenes through
+    # the node on 2 cores: 25 ms with 1 thread vs 43 ms with 2); the numba kernel is single-threaded anyway. The
+    # query's own XFeat pass (when not shared by the front end) runs with torch's threads.
     "cpu_threads": 1,
     # Where the LM cost and normal equations are evaluated: "numba" (a fused CPU kernel, featuremetric_cpu.py,
     # ~10x faster than torch on a CPU), "torch" (featuremetric.py; any device), "auto" = numba on CPU, else torch.
     "lm_backend": "auto",
+    # Precision of the query's own XFeat pass (when the front end does not share its levels): "fp32" | "bf16" |
+    # "fp16" (CUDA). The ACE front end shares levels computed in its encoder_precision (bf16 by default).
+    # 7-Scenes, implicit front end, 400 queries: bf16 the same recalls as fp32 (±1 query), 34 -> 25 ms.
+    "feature_precision": "bf16",
 }
 
 
@@ -127,7 +134,8 @@ class FeaturemetricRefiner:
         """Query feature maps: level -> (h, w, D) PCA-reduced, L2-normalised, channels-last. ``raw``: the XFeat
         levels of this image computed elsewhere (same grayscale conversion and resolution: see ``Localizer``), else they are computed here."""
         if raw is None:
-            raw = self.net(rgb_to_gray(image, self.ref.gray, self.device))
+            with torch.inference_mode(), autocast_context(self.device.type, self.conf["feature_precision"]):
+                raw = {lv: v.float() for lv, v in self.net(rgb_to_gray(image, self.ref.gray, self.device)).items()}
         return {lv: reduce_and_normalize(raw[lv][0], *self.ref.pca[lv], self.ref.blur[lv]) for lv in self.levels}
 
     def select_points(self, T: np.ndarray, camera: Camera) -> np.ndarray:
@@ -178,22 +186,25 @@ class FeaturemetricRefiner:
                              lc.valid.cpu().numpy(), lc.weighted_sq_sum)
         return evaluate
 
+    @contextlib.contextmanager
+    def _lm_threads(self):
+        """torch threads for the LM (``cpu_threads``), restored afterwards."""
+        n = self.conf["cpu_threads"]
+        if n is None or self.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(n))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     # ---------------------------------------------------------------------------------------------------------
     def refine(self, image: np.ndarray, camera: Camera, T_init: np.ndarray,
                point_weights: torch.Tensor | None = None, raw_features: dict | None = None) -> RefinementResult:
         """Refine ``T_init`` (4×4 camera-to-world) for ``image`` ((H, W, 3) uint8 RGB seen by ``camera``).
         ``raw_features``: XFeat levels of ``image`` already computed (``extract``), e.g. by the ACE front end."""
-        n = self.conf["cpu_threads"]
-        if n is None or self.device.type != "cpu":
-            return self._refine(image, camera, T_init, point_weights, raw_features)
-        before = torch.get_num_threads()
-        torch.set_num_threads(int(n))
-        try:
-            return self._refine(image, camera, T_init, point_weights, raw_features)
-        finally:
-            torch.set_num_threads(before)
-
-    def _refine(self, image, camera, T_init, point_weights, raw_features) -> RefinementResult:
         t0 = time.perf_counter()
         c = self.conf
         T_init = np.asarray(T_init, dtype=np.float64)
@@ -222,36 +233,37 @@ class FeaturemetricRefiner:
         timings["features"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         w_pts = None if point_weights is None else point_weights.to(self.device)[idx]
-        problems = [self._level_problem(lv, idx, maps[lv], camera, w_pts) for lv in self.levels]
-        cost_init_fine = problems[-1](T_init, False).cost
-        T = T_init.copy()
-        iterations = 0
-        last = None
-        for problem, max_it in zip(problems, c["max_iterations"]):
-            cur = problem(T)
-            if cur.num_valid < c["min_points"]:
-                return reject("too_few_points", cost_init_fine, cur.cost, iterations, cur.num_valid)
-            lam = c["lambda_init"]
-            for _ in range(max_it):
-                iterations += 1
-                A = cur.H + lam * np.diag(np.maximum(np.diag(cur.H), 1e-9))
-                try:
-                    delta = -np.linalg.solve(A, cur.g)
-                except np.linalg.LinAlgError:
-                    return reject("diverged", cost_init_fine, cur.cost, iterations, cur.num_valid)
-                T_new = se3_exp_right(T, delta)
-                new = problem(T_new)
-                if new.num_valid >= c["min_points"] and new.cost < cur.cost:
-                    T, cur = T_new, new
-                    lam = max(lam / 10, 1e-8)
-                    if (np.linalg.norm(delta[:3]) < c["tol_translation_m"]
-                            and np.linalg.norm(delta[3:]) < c["tol_rotation_rad"]):
-                        break
-                else:
-                    lam *= 10
-                    if lam > c["lambda_max"]:
-                        break
-            last = cur
+        with self._lm_threads():  # the LM's small ops (torch backend) run faster on one thread
+            problems = [self._level_problem(lv, idx, maps[lv], camera, w_pts) for lv in self.levels]
+            cost_init_fine = problems[-1](T_init, False).cost
+            T = T_init.copy()
+            iterations = 0
+            last = None
+            for problem, max_it in zip(problems, c["max_iterations"]):
+                cur = problem(T)
+                if cur.num_valid < c["min_points"]:
+                    return reject("too_few_points", cost_init_fine, cur.cost, iterations, cur.num_valid)
+                lam = c["lambda_init"]
+                for _ in range(max_it):
+                    iterations += 1
+                    A = cur.H + lam * np.diag(np.maximum(np.diag(cur.H), 1e-9))
+                    try:
+                        delta = -np.linalg.solve(A, cur.g)
+                    except np.linalg.LinAlgError:
+                        return reject("diverged", cost_init_fine, cur.cost, iterations, cur.num_valid)
+                    T_new = se3_exp_right(T, delta)
+                    new = problem(T_new)
+                    if new.num_valid >= c["min_points"] and new.cost < cur.cost:
+                        T, cur = T_new, new
+                        lam = max(lam / 10, 1e-8)
+                        if (np.linalg.norm(delta[:3]) < c["tol_translation_m"]
+                                and np.linalg.norm(delta[3:]) < c["tol_rotation_rad"]):
+                            break
+                    else:
+                        lam *= 10
+                        if lam > c["lambda_max"]:
+                            break
+                last = cur
         timings["optimize"] = (time.perf_counter() - t1) * 1e3
         T_np = T
         if not np.all(np.isfinite(T_np)):

@@ -9,10 +9,10 @@ import torch
 
 from ...estimators.pnp import pnp_ransac
 from ...geometry.camera import Camera
+from ...precision import autocast_context
 from ..base import LocalizationResult
 from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor
 from .head import SceneCoordinateHead
-from .train import autocast_context
 
 __all__ = ["AceFrontEnd", "DEFAULT_OPTIONS"]
 
@@ -20,6 +20,7 @@ DEFAULT_OPTIONS = {
     "backend": "opencv",       # PnP RANSAC: "opencv" (USAC_FAST, fastest and as accurate as any here) | "poselib" |
                                # "pycolmap" | "dsac" (DSAC*-style; measured in benchmarks/RESULTS_ace.md)
     "backend_options": None,   # dict of "dsac" options (estimators/dsac.py DSAC_DEFAULTS: num_hypotheses, seed, ...)
+                               # or "opencv" options (estimators/pnp.py OPENCV_DEFAULTS: local_optimization)
     "threshold_px": 10.0,      # RANSAC inlier threshold in pixels of the resized image
     "max_iterations": 10000,
     "confidence": 0.9999,

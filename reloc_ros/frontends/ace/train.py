@@ -14,7 +14,6 @@ is nearly zero).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -25,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from ...map_file import atomic_torch_save, save_map
+from ...precision import autocast_context
 from .buffer import TrainingBuffer, fill_buffer
 from .encoders import make_encoder
 from .head import SceneCoordinateHead
 
-__all__ = ["DEFAULT_CONF", "train", "ace_loss", "schedule", "autocast_context"]
+__all__ = ["DEFAULT_CONF", "train", "ace_loss", "schedule"]
 
 DEFAULT_CONF: dict = {
     # encoder
@@ -105,20 +105,6 @@ def ace_loss(X_world: torch.Tensor, uv: torch.Tensor, K: torch.Tensor, T_cam_wor
     target = torch.stack([(uv[:, 0] - cx) / fx * d, (uv[:, 1] - cy) / fy * d, torch.full_like(z, d)], -1)
     loss_invalid = (Xc[~valid] - target[~valid]).abs().sum(-1)
     return (loss_valid.sum() + loss_invalid.sum()) / len(X_world), valid
-
-
-def autocast_context(device: str, precision: str):
-    """torch.autocast for "bf16" / "fp16" (fp16 only on CUDA); a null context for "fp32"."""
-    dev = torch.device(device).type
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=dev, dtype=torch.bfloat16)
-    if precision == "fp16":
-        if dev != "cuda":
-            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-        return torch.autocast(device_type=dev, dtype=torch.float16)
-    raise ValueError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
 
 
 def train(conf: dict, dataset, out_path: str | os.PathLike, buffer: TrainingBuffer | None = None) -> Path:
