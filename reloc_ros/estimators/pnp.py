@@ -146,7 +146,7 @@ def _solve_pycolmap(uv, X, K, w, h, thr, max_it, conf, refine):
     return _T_from_Rt_cw(M[:, :3], M[:, 3]), np.asarray(out["inlier_mask"], dtype=bool)
 
 
-def _solve_opencv(uv, X, K, w, h, thr, max_it, conf, refine, local_optimization=True):
+def _solve_opencv(uv, X, K, w, h, thr, max_it, conf, refine, local_optimization):
     # OpenCV's USAC_FAST preset: interleaved on 100 7-Scenes queries (4800 ACE cells each) 20.9 ms p50 vs 30.7 ms
     # for the MSAC + inner-LO configuration used before, same accuracy (benchmarks/RESULTS.md).
     # local_optimization=False: USAC without local optimisation (MSAC score; the LM on the inliers below still
@@ -209,6 +209,7 @@ def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, m
     unknown = sorted(set(backend_options) - set(known))
     if unknown:
         raise ValueError(f"unknown {backend} option(s) {unknown}; known: {sorted(known)}")
+    options = {**known, **backend_options}
     uv, X = _check_inputs(points2d, points3d)
     n = len(uv)
     empty = np.zeros(n, dtype=bool)
@@ -219,10 +220,10 @@ def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, m
     K = camera.K
     info = {}
     if backend == "dsac":
-        T, mask, info = dsac_pnp(uv, X, K, threshold_px, refine, **{**DSAC_DEFAULTS, **backend_options})
+        T, mask, info = dsac_pnp(uv, X, K, threshold_px, refine, **options)
     else:
         T, mask = _SOLVERS[backend](uv, X, K, camera.width, camera.height, threshold_px, max_iterations, confidence,
-                                    refine, **backend_options)
+                                    refine, **options)
     if T is None or not np.all(np.isfinite(T)):
         return PnPResult(False, None, empty, reason="ransac_failed", extra=info)
     k = int(mask.sum())

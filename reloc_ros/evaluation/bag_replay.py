@@ -36,7 +36,7 @@ import yaml
 
 from ..geometry.pose import T_from_pos_quat, covariance_to_body_point
 from .replay_metrics import replay_metrics
-from .report import format_table, machine_info, map_bytes, write_json, write_tum
+from .report import machine_info, map_bytes, print_summary, write_json, write_tum
 
 __all__ = ["read_bag_ground_truth", "read_bag_layout", "NodeMonitor", "run_bag_replay", "main"]
 
@@ -290,9 +290,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"reloc-eval-bag: error: {e}", file=sys.stderr)
         return 2
-    print(format_table(res, title=f"reloc-eval-bag: {res['front_end']}{' + refinement' if res['refine'] else ''} "
-                                  f"through the node, {res['mode']} ({res['n_sent']} frames)"))
-    print(f"results: {args.json}" + (f"  plots: {args.plots}" if args.plots else ""))
+    print_summary("reloc-eval-bag", res, f"through the node, {res['mode']} ({res['n_sent']} frames)", args.json,
+                  args.plots)
     return 0
 
 

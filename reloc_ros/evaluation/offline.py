@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..metrics import pose_error, summarize_errors
 from .consistency import nees_inside_fraction, pose_error_vector
-from .report import format_table, latency_stats, machine_info, map_bytes, write_json, write_tum
+from .report import latency_stats, machine_info, map_bytes, print_summary, write_json, write_tum
 
 __all__ = ["evaluate", "main"]
 
@@ -164,9 +164,7 @@ def main(argv=None) -> int:
         print(f"reloc-eval: error: {e}", file=sys.stderr)
         return 2
     write_json(args.json, res)
-    print(format_table(res, title=f"reloc-eval: {res['front_end']}{' + refinement' if res['refine'] else ''} on "
-                                  f"{res['dataset']} ({res['device']})"))
-    print(f"results: {args.json}" + (f"  plots: {args.plots}" if args.plots else ""))
+    print_summary("reloc-eval", res, f"on {res['dataset']} ({res['device']})", args.json, args.plots)
     return 0
 
 

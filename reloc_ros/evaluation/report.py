@@ -13,8 +13,8 @@ import numpy as np
 from ..geometry.pose import pos_quat_from_T
 from ..map_file import atomic_write_bytes, reference_path
 
-__all__ = ["latency_stats", "machine_info", "map_bytes", "to_jsonable", "write_json", "format_table", "write_tum",
-           "read_tum"]
+__all__ = ["latency_stats", "machine_info", "map_bytes", "to_jsonable", "write_json", "format_table", "print_summary",
+           "write_tum", "read_tum"]
 
 
 def latency_stats(ms, prefix: str = "latency_ms") -> dict:
@@ -125,6 +125,14 @@ def format_table(results: dict, title: str | None = None) -> str:
     lines = [title] if title else []
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
     return "\n".join(lines)
+
+
+def print_summary(prog: str, results: dict, where: str, json_path, plots_dir=None) -> None:
+    """What the evaluation CLIs print at the end: ``format_table`` titled "<prog>: <front end>[ + refinement]
+    <where>", and where the JSON (and plots) went."""
+    pipeline = results["front_end"] + (" + refinement" if results["refine"] else "")
+    print(format_table(results, title=f"{prog}: {pipeline} {where}"))
+    print(f"results: {json_path}" + (f"  plots: {plots_dir}" if plots_dir else ""))
 
 
 def write_tum(path, stamps_ns, poses) -> Path:

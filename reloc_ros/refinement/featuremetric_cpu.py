@@ -26,6 +26,18 @@ _EPS_Z = 1e-6
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
+def _pose_jacobian_row(j0, j1, j2, xc, yc, zc, stride, out):  # pragma: no cover - compiled
+    """One row of ∂xy/∂(ρ, φ) = Jp · [−I | [X_c]_×] / stride from the row ``(j0, j1, j2)`` of Jp = ∂uv/∂X_c:
+    the row of Jp·[X_c]_× is ``Jp_row × X_c``."""
+    out[0] = -j0 / stride
+    out[1] = -j1 / stride
+    out[2] = -j2 / stride
+    out[3] = (j1 * zc - j2 * yc) / stride
+    out[4] = (j2 * xc - j0 * zc) / stride
+    out[5] = (j0 * yc - j1 * xc) / stride
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _kernel(T, X_w, f_ref, fmap, stride, intr, dist, distorted, loss, scale, weights, use_weights, with_jac,
             H, g, sq_norms, valid):  # pragma: no cover - compiled
     N, D = f_ref.shape
@@ -143,19 +155,8 @@ def _kernel(T, X_w, f_ref, fmap, stride, intr, dist, distorted, loss, scale, wei
         v0 = fy * j10 * iz
         v1 = fy * j11 * iz
         v2 = -fy * (j10 * xn + j11 * yn) * iz
-        # ∂xy/∂(ρ, φ) = Jp · [−I | [X_c]_×] / stride; row a of Jp·[X_c]_× is Jp_a × X_c
-        P0[0] = -u0 / stride
-        P0[1] = -u1 / stride
-        P0[2] = -u2 / stride
-        P0[3] = (u1 * zc - u2 * yc) / stride
-        P0[4] = (u2 * xc - u0 * zc) / stride
-        P0[5] = (u0 * yc - u1 * xc) / stride
-        P1[0] = -v0 / stride
-        P1[1] = -v1 / stride
-        P1[2] = -v2 / stride
-        P1[3] = (v1 * zc - v2 * yc) / stride
-        P1[4] = (v2 * xc - v0 * zc) / stride
-        P1[5] = (v0 * yc - v1 * xc) / stride
+        _pose_jacobian_row(u0, u1, u2, xc, yc, zc, stride, P0)
+        _pose_jacobian_row(v0, v1, v2, xc, yc, zc, stride, P1)
         for k in range(6):
             q0 = wd * (a * P0[k] + b * P1[k])
             q1 = wd * (b * P0[k] + d * P1[k])

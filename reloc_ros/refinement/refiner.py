@@ -162,29 +162,39 @@ class FeaturemetricRefiner:
         k = max(1, c["max_points"] // len(chosen))
         return np.concatenate([i[:k] for i in chosen])
 
-    def _level_problem(self, lv: str, idx: torch.Tensor, fmap: torch.Tensor, camera: Camera,
-                       weights: torch.Tensor | None):
-        """The cost of one level as a function ``(T_world_cam (4, 4) float64, with_jac=True) -> LevelCost`` of
-        numpy arrays, for the LM (which runs in numpy: a 6×6 solve per step is faster there than in torch)."""
+    def _level_problems(self, idx_np: np.ndarray, maps: dict, camera: Camera, weights: torch.Tensor | None):
+        """The cost of each level (coarse to fine) as a function ``(T_world_cam (4, 4) float64, with_jac=True) ->
+        LevelCost`` of numpy arrays, for the LM (which runs in numpy: a 6×6 solve per step is faster there than in
+        torch). The points, camera and weights are gathered once for all levels."""
         c = self.conf
+        idx = torch.from_numpy(idx_np).to(self.device)
+        feats = {lv: self.ref.features[lv][idx] for lv in self.levels}
+        w = None if weights is None else weights.to(self.device)[idx]
         if self.lm_backend == "numba":
-            args = (self._points_np[idx.cpu().numpy()], self.ref.features[lv][idx].float().cpu().numpy(),
-                    fmap.float().contiguous().cpu().numpy(), float(self.ref.strides[lv]),
-                    np.array([camera.fx, camera.fy, camera.cx, camera.cy]),
-                    np.asarray(camera.dist, dtype=np.float64) if camera.is_distorted else None,
-                    c["loss"], c["loss_scale"], None if weights is None else weights.double().cpu().numpy())
-            return lambda T, jac=True: evaluate_level_cpu(T, *args, with_jac=jac)
-        # geometry in float32 (sub-micrometre at room scale); the LM state stays float64
-        intr, dist = camera_params_torch(camera, dtype=torch.float32, device=self.device)
-        args = (self.ref.points_xyz[idx].float(), self.ref.features[lv][idx], fmap, self.ref.strides[lv], intr,
-                dist if camera.is_distorted else None, c["loss"], c["loss_scale"], weights)
+            X = self._points_np[idx_np]
+            intr = np.array([camera.fx, camera.fy, camera.cx, camera.cy])
+            dist = np.asarray(camera.dist, dtype=np.float64) if camera.is_distorted else None
+            w = None if w is None else w.double().cpu().numpy()
 
-        def evaluate(T, jac=True):
-            lc = evaluate_level(torch.as_tensor(T, dtype=torch.float32, device=self.device), *args, with_jac=jac)
-            return LevelCost(lc.cost, lc.num_valid, None if lc.H is None else lc.H.cpu().numpy(),
-                             None if lc.g is None else lc.g.cpu().numpy(), lc.sq_norms.cpu().numpy(),
-                             lc.valid.cpu().numpy(), lc.weighted_sq_sum)
-        return evaluate
+            def numba_level(lv):
+                f_ref, fmap = feats[lv].float().cpu().numpy(), maps[lv].float().contiguous().cpu().numpy()
+                return lambda T, jac=True: evaluate_level_cpu(T, X, f_ref, fmap, float(self.ref.strides[lv]), intr,
+                                                              dist, c["loss"], c["loss_scale"], w, jac)
+            return [numba_level(lv) for lv in self.levels]
+        # geometry in float32 (sub-micrometre at room scale); the LM state stays float64
+        X = self.ref.points_xyz[idx].float()
+        intr, dist = camera_params_torch(camera, dtype=torch.float32, device=self.device)
+        dist = dist if camera.is_distorted else None
+
+        def torch_level(lv):
+            def evaluate(T, jac=True):
+                lc = evaluate_level(torch.as_tensor(T, dtype=torch.float32, device=self.device), X, feats[lv],
+                                    maps[lv], self.ref.strides[lv], intr, dist, c["loss"], c["loss_scale"], w, jac)
+                return LevelCost(lc.cost, lc.num_valid, None if lc.H is None else lc.H.cpu().numpy(),
+                                 None if lc.g is None else lc.g.cpu().numpy(), lc.sq_norms.cpu().numpy(),
+                                 lc.valid.cpu().numpy(), lc.weighted_sq_sum)
+            return evaluate
+        return [torch_level(lv) for lv in self.levels]
 
     @contextlib.contextmanager
     def _lm_threads(self):
@@ -223,18 +233,16 @@ class FeaturemetricRefiner:
             return RefinementResult(False, T_init.copy(), None, its, cost0, cost1, reason, n, 0.0, inl, timings,
                                     T_ref)
 
-        idx_np = self.select_points(T_init, camera)
+        idx = self.select_points(T_init, camera)
         timings["select"] = (time.perf_counter() - t0) * 1e3
-        if len(idx_np) < c["min_points"]:
-            return reject("too_few_points", n=len(idx_np))
-        idx = torch.from_numpy(idx_np).to(self.device)
+        if len(idx) < c["min_points"]:
+            return reject("too_few_points", n=len(idx))
         t1 = time.perf_counter()
         maps = self.extract(image, raw_features)
         timings["features"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
-        w_pts = None if point_weights is None else point_weights.to(self.device)[idx]
         with self._lm_threads():  # the LM's small ops (torch backend) run faster on one thread
-            problems = [self._level_problem(lv, idx, maps[lv], camera, w_pts) for lv in self.levels]
+            problems = self._level_problems(idx, maps, camera, point_weights)
             cost_init_fine = problems[-1](T_init, False).cost
             T = T_init.copy()
             iterations = 0
@@ -265,33 +273,32 @@ class FeaturemetricRefiner:
                             break
                 last = cur
         timings["optimize"] = (time.perf_counter() - t1) * 1e3
-        T_np = T
-        if not np.all(np.isfinite(T_np)):
-            return reject("diverged", cost_init_fine, float("nan"), iterations, len(idx_np))
+        if not np.all(np.isfinite(T)):
+            return reject("diverged", cost_init_fine, float("nan"), iterations, len(idx))
         cost_final = last.cost
         n = last.num_valid
         inl = float(np.count_nonzero((last.sq_norms < c["loss_scale"]) & last.valid)) / max(n, 1)
-        dt = float(np.linalg.norm(T_np[:3, 3] - T_init[:3, 3]))
-        dr = rotation_angle_deg(T_init[:3, :3], T_np[:3, :3])
+        dt = float(np.linalg.norm(T[:3, 3] - T_init[:3, 3]))
+        dr = rotation_angle_deg(T_init[:3, :3], T[:3, :3])
         if dt > c["max_translation_m"] or dr > c["max_rotation_deg"]:
-            return reject("update_too_large", cost_init_fine, cost_final, iterations, n, T_np, inl)
+            return reject("update_too_large", cost_init_fine, cost_final, iterations, n, T, inl)
         if cost_final > cost_init_fine * (1 + c["cost_rise_tol"]):
-            return reject("cost_increased", cost_init_fine, cost_final, iterations, n, T_np, inl)
+            return reject("cost_increased", cost_init_fine, cost_final, iterations, n, T, inl)
         if cost_final > c["max_final_cost"] or inl < c["min_inlier_ratio"]:
-            return reject("poor_alignment", cost_init_fine, cost_final, iterations, n, T_np, inl)
+            return reject("poor_alignment", cost_init_fine, cost_final, iterations, n, T, inl)
         # Covariance of the right perturbation: σ² H⁻¹, σ² the weighted residual variance per scalar residual.
         D = self.ref.features[self.levels[-1]].shape[1]
         dof = max(n * D - 6, 1)
         sigma2 = last.weighted_sq_sum / dof
         try:
             cov_right = c["covariance_scale"] * sigma2 * np.linalg.inv(last.H)
-            cov = covariance_right_to_world(T_np, 0.5 * (cov_right + cov_right.T))
+            cov = covariance_right_to_world(T, 0.5 * (cov_right + cov_right.T))
         except np.linalg.LinAlgError:
             cov = None
         confidence = float(np.clip(1.0 - cost_final / c["max_final_cost"], 0.0, 1.0))
         timings["total"] = (time.perf_counter() - t0) * 1e3
-        return RefinementResult(True, T_np, cov, iterations, cost_init_fine, cost_final, "ok", n, confidence, inl,
-                                timings, T_np)
+        return RefinementResult(True, T, cov, iterations, cost_init_fine, cost_final, "ok", n, confidence, inl,
+                                timings, T)
 
 
 def refine_from_prior(refiner: FeaturemetricRefiner, image: np.ndarray, camera: Camera,
