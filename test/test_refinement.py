@@ -124,7 +124,10 @@ def test_refinement_converges_from_perturbed_ground_truth(scene, refiner):
         assert res.cost_final < res.cost_initial and res.iterations > 0 and res.num_points >= 40
         cov = res.covariance
         assert cov.shape == (6, 6) and np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
-        assert 0 < res.confidence <= 1 and {"features", "optimize", "total"} <= set(res.timings_ms)
+        sigma_pos = np.sqrt(np.trace(cov[:3, :3]))
+        assert np.isclose(res.confidence, np.exp(-sigma_pos / refiner.conf["confidence_scale_m"]))
+        assert 0.5 < res.confidence <= 1, (sigma_pos, res.confidence)  # a cm-level pose passes the default gate
+        assert {"features", "optimize", "total"} <= set(res.timings_ms)
 
 
 def test_bad_priors_and_images_are_rejected_with_a_reason(scene, refiner):
@@ -204,3 +207,47 @@ def test_numba_and_torch_lm_backends_agree(scene, refiner):
         FeaturemetricRefiner(refiner.ref, "cuda", lm_backend="numba")
     with pytest.raises(ValueError, match="lm_backend must be"):
         FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, lm_backend="jax")
+
+
+def test_point_weights_flag_inconsistent_points_and_reach_the_refiner(scene, refiner):
+    """Multi-view consistency (point_weights.py): points moved 10 cm off their surface get a large feature distance
+    in the other reference views and a low weight; the weights are stored with the reference and used by the
+    refiner unless told otherwise."""
+    from reloc_ros.refinement.point_weights import estimate_point_weights, view_consistency, weights_from_consistency
+
+    mapping, query, ref_path = scene
+    tensors, meta = load_map(ref_path, kind="reference")
+    frames = _Subset(mapping, REF_STRIDE)
+    P = tensors["points_xyz"].shape[0]
+    rng = np.random.default_rng(0)
+    bad = rng.random(P) < 0.3
+    dirs = rng.normal(size=(P, 3))
+    moved = dict(tensors)
+    moved["points_xyz"] = tensors["points_xyz"] + torch.from_numpy(
+        np.where(bad[:, None], 0.1 * dirs / np.linalg.norm(dirs, axis=1, keepdims=True), 0.0)).float()
+    d = view_consistency(moved, meta, frames, net=refiner.net)
+    seen = np.isfinite(d)
+    assert d.shape == (P,) and seen.mean() > 0.6
+    assert np.median(d[bad & seen]) > 4 * np.median(d[~bad & seen]), (np.median(d[bad & seen]),
+                                                                      np.median(d[~bad & seen]))
+    w = weights_from_consistency(d)
+    assert np.isclose(w[seen].mean(), 1.0) and np.all(w[~seen] == 1.0)
+    assert np.median(w[bad & seen]) < 0.5 * np.median(w[~bad & seen])
+    with pytest.raises(ValueError, match="frames given"):
+        view_consistency(tensors, meta, [frames[0]])
+    with pytest.raises(ValueError, match="unknown point weight options"):
+        estimate_point_weights(tensors, meta, frames, {"views": 3})
+    # stored with the reference, loaded, used by default
+    estimate_point_weights(moved, meta, frames, {}, net=refiner.net)
+    assert meta["point_weights"]["num_with_views"] == int(seen.sum())
+    ref = load_reference((moved, meta))
+    assert torch.allclose(ref.point_weights, torch.from_numpy(w))
+    weighted = FeaturemetricRefiner(ref, "cpu", net=refiner.net)
+    plain = FeaturemetricRefiner(ref, "cpu", net=refiner.net, use_point_weights=False)
+    fr = query[int(_closest_queries(query, ref.image_poses.numpy(), 1)[0])]
+    T0 = perturb_T(fr.T_world_cam, 0.02, 1.0, np.random.default_rng(3))
+    a = weighted.refine(fr.image, fr.camera, T0)
+    b = weighted.refine(fr.image, fr.camera, T0, point_weights=ref.point_weights)
+    c = plain.refine(fr.image, fr.camera, T0)
+    assert a.cost_final == b.cost_final and np.array_equal(a.T_world_cam, b.T_world_cam)
+    assert not np.isclose(a.cost_final, c.cost_final, rtol=1e-3)

@@ -313,3 +313,64 @@ def test_mapper_records_tf_posed_keyframes(env, tmp_path):
     for f, T, img in zip(ds, sent_T, sent_img):
         np.testing.assert_allclose(f.T_world_cam, T, atol=1e-6)
         np.testing.assert_array_equal(f.image, img)
+
+
+def test_inline_executor_runs_offloaded_services_beside_inline_callbacks(env):
+    """The localizer's executor: a service of an offloaded callback group may block until a subscription callback
+    has run (as ~/relocalize waits for a frame); the subscription still runs, on the spinning thread, so the
+    service completes. (A SingleThreadedExecutor would deadlock here.)"""
+    import threading
+
+    import rclpy
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from reloc_ros.ros.spin import InlineExecutor
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        server = rclpy.create_node("inline_exec_server", context=ctx)
+        client = rclpy.create_node("inline_exec_client", context=ctx)
+        got, threads = threading.Event(), {}
+
+        def on_msg(msg):
+            threads["sub"] = threading.current_thread().name
+            got.set()
+
+        def on_srv(request, response):
+            threads["srv"] = threading.current_thread().name
+            response.success = got.wait(10.0)
+            return response
+
+        group = MutuallyExclusiveCallbackGroup()
+        server.create_subscription(String, "inline_exec_topic", on_msg, 10)
+        server.create_service(Trigger, "inline_exec_srv", on_srv, callback_group=group)
+        ex = InlineExecutor(offload_groups=[group], context=ctx)
+        ex.add_node(server)
+        spinner = threading.Thread(target=ex.spin, name="inline_spin", daemon=True)
+        spinner.start()
+        cex = SingleThreadedExecutor(context=ctx)
+        cex.add_node(client)
+        threading.Thread(target=cex.spin, name="client_spin", daemon=True).start()
+        pub = client.create_publisher(String, "inline_exec_topic", 10)
+        cli = client.create_client(Trigger, "inline_exec_srv")
+        assert cli.wait_for_service(timeout_sec=20.0)
+        deadline = time.monotonic() + 20
+        while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        future = cli.call_async(Trigger.Request())
+        while "srv" not in threads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "srv" in threads, "the service never started"
+        pub.publish(String(data="frame"))
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert future.done() and future.result().success
+        assert threads["sub"] == "inline_spin" and threads["srv"].startswith("reloc_srv"), threads
+        ex.shutdown()
+        cex.shutdown()
+    finally:
+        rclpy.try_shutdown(context=ctx)

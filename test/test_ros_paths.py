@@ -273,6 +273,7 @@ def test_initialpose_prior_is_refined_and_lost_recovery_publishes_initialpose(lo
     st = loc.status(s)
     assert st.accepted and st.front_end == "prior", (st.reason, st.front_end)
     assert st.refinement_ran and st.refinement_accepted and st.inlier_count == 0
+    assert st.confidence > 0.5, st.confidence  # a cm-level refined prior would pass the default min_confidence
     T_map_cam, _, msg = loc.pose(s)
     dt, dr = pose_error(T_map_cam, gt)
     assert dt < 0.01 and dr < 0.5, (dt, dr)  # from 4 cm / 1.5 deg

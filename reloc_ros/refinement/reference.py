@@ -25,7 +25,9 @@ File (``map_file.save_map(..., kind="reference")``, next to the map at ``map_fil
 ``pca_mean_<lv>`` (C,) and ``pca_proj_<lv>`` (C, D) float32. Metadata: ``levels``, ``strides``, ``dims``,
 ``image_names``, ``camera`` (CameraInfo-shaped), ``conf``, ``features: "xfeat"``, ``points_source``
 (``"depth"`` | ``"triangulation"``); triangulated references also hold ``points_track`` (P,) int32 (the 3D point of
-each entry) and ``triangulation`` (statistics) in the metadata.
+each entry) and ``triangulation`` (statistics) in the metadata; references with estimated point weights
+(``point_weights.py``) hold ``point_weights`` (P,) and ``point_consistency`` (P,) float32 and the metadata
+``point_weights`` (their conf).
 """
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ DEFAULT_CONF = {
     "triangulation": {},         # overrides of triangulation.DEFAULT_TRIANGULATION_CONF (points="triangulate")
     "gray": "bt601",             # grayscale conversion of the XFeat input (reloc_ros.xfeat; the ACE encoder's, so
                                  # that the ACE front end's XFeat pass can be reused for the query)
+    # Per-point uncertainty weights from multi-view feature consistency (point_weights.py): None = none, or a dict
+    # of overrides of point_weights.DEFAULT_WEIGHT_CONF ({} = its defaults). Off by default: on 7-Scenes (ACE, 400
+    # queries) they moved recall@5cm/5° by +1.3 points and recall@2cm/2° by -5 points (benchmarks/RESULTS_refinement.md).
+    "point_weights": None,
     "pca_images": 40,            # images whose dense features fit the PCA
     "pca_samples": 30000,
     "seed": 0,
@@ -254,7 +260,7 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
         pca[lv] = _fit_pca(torch.cat(samples[lv]), int(conf["dims"][lv]))
 
     # Pass 2: points and their features.
-    xyz, uvs, img_ids, poses, names = [], [], [], [], []
+    xyz, uvs, img_ids, poses, names, kept = [], [], [], [], [], []
     tracks = []  # triangulation: the 3D point of each entry
     feats_out = {lv: [] for lv in levels}
     camera = None
@@ -288,6 +294,7 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
         uvs.append(uv.astype(np.float32))
         poses.append(fr.T_world_cam)
         names.append(fr.name)
+        kept.append(i)
     if not xyz:
         raise ReferenceBuildError("no reference point could be selected (no valid depth / image gradient)")
     if tri is not None:
@@ -323,6 +330,9 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
     }
     if tri is not None:
         meta["triangulation"] = tri.stats
+    if conf["point_weights"] is not None:
+        from .point_weights import estimate_point_weights
+        estimate_point_weights(tensors, meta, _Indexed(dataset, kept), conf["point_weights"], device, net)
     return save_map(out_path, tensors, meta, kind="reference")
 
 
@@ -341,6 +351,7 @@ class ReferenceModel:
     blur: dict                # level -> Gaussian blur std (cells) applied to query maps as to the reference's
     metadata: dict
     gray: str = "mean"        # grayscale conversion of the XFeat input (files without the field used "mean")
+    point_weights: torch.Tensor | None = None  # (P,) float32 estimated per-point weights (point_weights.py), or None
 
     @property
     def num_images(self) -> int:
@@ -376,4 +387,5 @@ def load_reference(source, device: str = "cpu") -> ReferenceModel:
         blur={lv: float(meta.get("blur", {}).get(lv, 0.0)) for lv in levels},
         metadata=meta,
         gray=str(meta.get("gray", "mean")),
+        point_weights=tensors["point_weights"].to(dev, torch.float32) if "point_weights" in tensors else None,
     )

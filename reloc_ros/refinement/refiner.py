@@ -33,6 +33,10 @@ DEFAULT_REFINER_CONF = {
     # ground truth: 95 % of errors inside the 95 % ellipsoid needed ~200-500); the Localizer adds the map's own
     # accuracy on top (benchmarks/calibrate_covariance.py, benchmarks/RESULTS.md).
     "covariance_scale": 300.0,
+    # Confidence of an accepted refinement: exp(−σ_pos / confidence_scale_m), σ_pos = √trace of the covariance's
+    # position block (m), the implicit front end's definition, so that one min_confidence gates both in metres
+    # (was 1 − cost / max_final_cost, whose level depends on the scene's texture: 7-Scenes ≈ 0.45, demo ≈ 0.2-0.6).
+    "confidence_scale_m": 0.25,
     "num_views": 4,              # reference images whose points are used
     "num_candidates": 12,        # nearest reference images (distance + angle) scored by visible points
     "angle_weight_m": 0.5,       # metres per radian of optical-axis angle in the nearest-view distance
@@ -64,6 +68,9 @@ DEFAULT_REFINER_CONF = {
     # "fp16" (CUDA). The ACE front end shares levels computed in its encoder_precision (bf16 by default).
     # 7-Scenes, implicit front end, 400 queries: bf16 the same recalls as fp32 (±1 query), 34 -> 25 ms.
     "feature_precision": "bf16",
+    # Use the reference's estimated per-point weights (multi-view feature consistency, point_weights.py) when it
+    # has them and the caller passes none.
+    "use_point_weights": True,
 }
 
 
@@ -81,7 +88,7 @@ class RefinementResult:
     cost_final: float
     reason: str
     num_points: int
-    confidence: float = 0.0
+    confidence: float = 0.0               # [0, 1]: exp(−σ_pos / confidence_scale_m) (0 when rejected)
     inlier_ratio: float = float("nan")    # share of visible points with ‖r‖² below the loss scale (finest level)
     timings_ms: dict = field(default_factory=dict)
     T_refined: np.ndarray | None = None   # the optimiser's pose even when rejected (diagnostics)
@@ -214,7 +221,9 @@ class FeaturemetricRefiner:
     def refine(self, image: np.ndarray, camera: Camera, T_init: np.ndarray,
                point_weights: torch.Tensor | None = None, raw_features: dict | None = None) -> RefinementResult:
         """Refine ``T_init`` (4×4 camera-to-world) for ``image`` ((H, W, 3) uint8 RGB seen by ``camera``).
-        ``raw_features``: XFeat levels of ``image`` already computed (``extract``), e.g. by the ACE front end."""
+        ``raw_features``: XFeat levels of ``image`` already computed (``extract``), e.g. by the ACE front end.
+        ``point_weights``: (P,) weights of every reference point; None = the reference's own (``use_point_weights``)
+        or none."""
         t0 = time.perf_counter()
         c = self.conf
         T_init = np.asarray(T_init, dtype=np.float64)
@@ -242,6 +251,8 @@ class FeaturemetricRefiner:
         timings["features"] = (time.perf_counter() - t1) * 1e3
         t1 = time.perf_counter()
         with self._lm_threads():  # the LM's small ops (torch backend) run faster on one thread
+            if point_weights is None and c["use_point_weights"]:
+                point_weights = self.ref.point_weights
             problems = self._level_problems(idx, maps, camera, point_weights)
             cost_init_fine = problems[-1](T_init, False).cost
             T = T_init.copy()
@@ -295,7 +306,8 @@ class FeaturemetricRefiner:
             cov = covariance_right_to_world(T, 0.5 * (cov_right + cov_right.T))
         except np.linalg.LinAlgError:
             cov = None
-        confidence = float(np.clip(1.0 - cost_final / c["max_final_cost"], 0.0, 1.0))
+        confidence = 0.0 if cov is None else float(
+            np.exp(-np.sqrt(max(np.trace(cov[:3, :3]), 0.0)) / c["confidence_scale_m"]))
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return RefinementResult(True, T, cov, iterations, cost_init_fine, cost_final, "ok", n, confidence, inl,
                                 timings, T)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
@@ -127,7 +127,8 @@ def play_bag(bag, rate: float | None = 1.0, localizer: str = "reloc_localizer", 
             n_images = min(n_images, limit)
         player = _Publisher(images + others)
         collector = EvalCollector(localizer)
-        executor = MultiThreadedExecutor(num_threads=2)
+        # callbacks only record (no blocking ones); rclpy's MultiThreadedExecutor busy-loops and took CPU from the node
+        executor = SingleThreadedExecutor()
         executor.add_node(player)
         executor.add_node(collector)
         spin = threading.Thread(target=executor.spin, daemon=True)

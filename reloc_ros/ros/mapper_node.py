@@ -40,7 +40,7 @@ from .conversions import (InputError, camera_info_to_camera, check_image_against
 from .localizer_node import declare_params
 from .params import MAPPER_PARAMS
 from .qos import image_qos
-from .spin import spin_until_shutdown
+from .spin import InlineExecutor, spin_until_shutdown
 from .tf_buffer import TfBuffer, TfError, TfListener
 
 __all__ = ["MapperNode", "KeyframeRecorder", "main"]
@@ -272,7 +272,8 @@ def main(argv=None) -> int:
         print(f"reloc_mapper: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    return spin_until_shutdown(node)
+    # ~/build_map trains for minutes: it runs on its own thread while images and TF keep being recorded inline
+    return spin_until_shutdown(node, InlineExecutor(offload_groups=[node._srv_group]))
 
 
 if __name__ == "__main__":
