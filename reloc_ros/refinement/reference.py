@@ -67,7 +67,8 @@ DEFAULT_CONF = {
                                  # that the ACE front end's XFeat pass can be reused for the query)
     # Per-point uncertainty weights from multi-view feature consistency (point_weights.py): None = none, or a dict
     # of overrides of point_weights.DEFAULT_WEIGHT_CONF ({} = its defaults). Off by default: on 7-Scenes (ACE, 400
-    # queries) they moved recall@5cm/5° by +1.3 points and recall@2cm/2° by -5 points (benchmarks/RESULTS_refinement.md).
+    # queries) they moved recall@5cm/5° by +1.3 points and recall@2cm/2° by -5 points
+    # (benchmarks/RESULTS_refinement.md).
     "point_weights": None,
     "pca_images": 40,            # images whose dense features fit the PCA
     "pca_samples": 30000,

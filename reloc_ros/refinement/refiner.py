@@ -34,8 +34,8 @@ DEFAULT_REFINER_CONF = {
     # accuracy on top (benchmarks/calibrate_covariance.py, benchmarks/RESULTS.md).
     "covariance_scale": 300.0,
     # Confidence of an accepted refinement: exp(−σ_pos / confidence_scale_m), σ_pos = √trace of the covariance's
-    # position block (m), the implicit front end's definition, so that one min_confidence gates both in metres
-    # (was 1 − cost / max_final_cost, whose level depends on the scene's texture: 7-Scenes ≈ 0.45, demo ≈ 0.2-0.6).
+    # position block (m), the implicit front end's definition, so that one min_confidence gates both in metres (was
+    # 1 − cost / max_final_cost, whose level depends on the scene's texture: 7-Scenes ≈ 0.45, demo ≈ 0.2-0.6).
     "confidence_scale_m": 0.25,
     "num_views": 4,              # reference images whose points are used
     "num_candidates": 12,        # nearest reference images (distance + angle) scored by visible points

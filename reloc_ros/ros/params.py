@@ -70,7 +70,9 @@ LOCALIZER_PARAMS = [
           "takes them are dropped as stale_frame. 0 = no age limit (e.g. bag replay with original stamps).",
           min=0.0),
     # gating
-    Param("min_confidence", 0.5, "Reject poses whose confidence is below this ([0, 1]).", min=0.0),
+    Param("min_confidence", 0.5, "Reject poses whose confidence is below this ([0, 1]). ACE: saturating in the "
+          "RANSAC inlier count and ratio; implicit front end and refined /initialpose priors: "
+          "exp(-sigma_pos / 0.25 m).", min=0.0),
     Param("min_inliers", 30, "ACE front end: reject poses with fewer RANSAC inliers.", min=0),
     Param("min_inlier_ratio", 0.0, "ACE front end: reject poses with a smaller inlier ratio.", min=0.0),
     Param("min_weight_mass", 0.0, "Implicit front end: reject poses with a smaller Kabsch weight mass.", min=0.0),
