@@ -371,6 +371,24 @@ def test_inline_executor_runs_offloaded_services_beside_inline_callbacks(env):
         assert future.done() and future.result().success
         assert threads["sub"] == "inline_spin" and threads["srv"].startswith("reloc_srv"), threads
         ex.shutdown()
+        spinner.join(5.0)
+        # an offloaded callback's exception surfaces in the spinning thread (as with MultiThreadedExecutor)
+        broken = rclpy.create_node("inline_exec_broken", context=ctx)
+        group2 = MutuallyExclusiveCallbackGroup()
+
+        def on_broken(request, response):
+            raise ValueError("service bug")
+
+        broken.create_service(Trigger, "inline_exec_broken_srv", on_broken, callback_group=group2)
+        ex2 = InlineExecutor(offload_groups=[group2], context=ctx)
+        ex2.add_node(broken)
+        cli2 = client.create_client(Trigger, "inline_exec_broken_srv")
+        assert cli2.wait_for_service(timeout_sec=20.0)
+        cli2.call_async(Trigger.Request())
+        with pytest.raises(ValueError, match="service bug"):
+            for _ in range(200):
+                ex2.spin_once(timeout_sec=0.05)
+        ex2.shutdown()
         cex.shutdown()
     finally:
         rclpy.try_shutdown(context=ctx)

@@ -619,9 +619,7 @@ class LocalizerNode(LifecycleNode):
             response.success, response.message = False, f"reload failed, keeping the old map: {err}"
             return response
         with self._loc_lock:
-            old, self.localizer = self.localizer, loc
-        del old
-        gc.unfreeze()  # the old map's reference cycles become collectable again
+            self.localizer = loc
         freeze_gc()
         response.success, response.message = True, f"loaded {self.p('map_path')} ({loc.front_end_name})"
         self.get_logger().info(response.message)
@@ -629,10 +627,11 @@ class LocalizerNode(LifecycleNode):
 
 
 def freeze_gc() -> None:
-    """Move every object alive now (torch, numba, rclpy, the loaded map: ~300 000 objects) to the garbage collector's
-    permanent generation. A full collection otherwise walks them all, holding the GIL for 90-180 ms, and so delays
-    the image callback and the publications of every thread (on 2 cores it was most of the node's stamp->pose
-    p95 tail); the per-frame garbage is still collected."""
+    """After a map (re)load: collect everything (the previous map's cycles included), then move the objects alive now
+    (torch, numba, rclpy, the map: ~300 000) to the garbage collector's permanent generation. Full collections
+    otherwise walk them all, holding the GIL for 90-180 ms (several per 400-frame replay on 2 cores) and stalling
+    the image callback and every publication; the per-frame garbage is still collected."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
 

@@ -24,15 +24,22 @@ class InlineExecutor(SingleThreadedExecutor):
         super().__init__(context=context)
         self._offload = tuple(offload_groups)
         self._pool = ThreadPoolExecutor(max(1, int(num_threads)), thread_name_prefix="reloc_srv")
+        self._offloaded = []   # tasks running on the pool; their exceptions are raised here, as MultiThreadedExecutor does
 
     def _spin_once_impl(self, timeout_sec=None, wait_condition=lambda: False) -> None:
         try:
             handler, entity, _ = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
         except (ShutdownException, TimeoutException, ConditionReachedException):
+            handler = entity = None
+        for task in [t for t in self._offloaded if t.done()]:
+            self._offloaded.remove(task)
+            task.result()  # raises the callback's exception
+        if handler is None:
             return
         group = getattr(entity, "callback_group", None)
         if group is not None and any(group is g for g in self._offload):
-            self._pool.submit(handler)  # its exceptions stay in the task (rclpy logs none: services report them)
+            self._offloaded.append(handler)
+            self._pool.submit(handler)
             return
         handler()
         exception = handler.exception()
