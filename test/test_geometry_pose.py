@@ -8,7 +8,7 @@ from reloc_ros.geometry import Camera
 from reloc_ros.geometry.pose import (NonRigidTransformError, T_from_pos_quat, covariance_right_to_world,
                                      covariance_to_body_point, invert_T, make_T, perturb_T, pos_quat_from_T,
                                      project_to_so3, rotation_angle_deg, se3_exp_right, so3_exp, so3_exp_torch,
-                                     transform_points, validate_rigid)
+                                     transform_points, validate_rigid, view_distance)
 
 
 def look_at(center, target, up=(0, 0, 1)):
@@ -160,3 +160,14 @@ def test_so3_exp_torch_matches_scipy_and_has_gradients():
 def test_project_to_so3_is_identity_on_rotations():
     R = so3_exp([0.3, -0.2, 1.0])
     np.testing.assert_allclose(project_to_so3(R), R, atol=1e-12)
+
+
+def test_view_distance_against_hand_computed_values():
+    """``view_distance``: centre distance plus angle_weight_m × the angle between the optical axes, for every pair."""
+    a = make_T(np.eye(3), np.zeros(3))
+    b = make_T(so3_exp(np.array([0.0, np.pi / 2, 0.0])), np.array([1.0, 0.0, 0.0]))  # 1 m away, axes 90° apart
+    score, angle = view_distance(np.stack([a, b]), np.stack([a, b, a]), 0.5)
+    assert score.shape == angle.shape == (2, 3)
+    np.testing.assert_allclose(angle, [[0, np.pi / 2, 0], [np.pi / 2, 0, np.pi / 2]], atol=1e-7)
+    np.testing.assert_allclose(score, [[0, 1 + 0.25 * np.pi, 0], [1 + 0.25 * np.pi, 0, 1 + 0.25 * np.pi]],
+                               atol=1e-7)

@@ -225,7 +225,7 @@ def test_point_weights_flag_inconsistent_points_and_reach_the_refiner(scene, ref
     moved = dict(tensors)
     moved["points_xyz"] = tensors["points_xyz"] + torch.from_numpy(
         np.where(bad[:, None], 0.1 * dirs / np.linalg.norm(dirs, axis=1, keepdims=True), 0.0)).float()
-    d = view_consistency(moved, meta, frames, net=refiner.net)
+    d = view_consistency(load_reference((moved, meta)), frames, net=refiner.net)
     seen = np.isfinite(d)
     assert d.shape == (P,) and seen.mean() > 0.6
     assert np.median(d[bad & seen]) > 4 * np.median(d[~bad & seen]), (np.median(d[bad & seen]),
@@ -234,7 +234,7 @@ def test_point_weights_flag_inconsistent_points_and_reach_the_refiner(scene, ref
     assert np.isclose(w[seen].mean(), 1.0) and np.all(w[~seen] == 1.0)
     assert np.median(w[bad & seen]) < 0.5 * np.median(w[~bad & seen])
     with pytest.raises(ValueError, match="frames given"):
-        view_consistency(tensors, meta, [frames[0]])
+        view_consistency(load_reference((tensors, meta)), [frames[0]])
     with pytest.raises(ValueError, match="unknown point weight options"):
         estimate_point_weights(tensors, meta, frames, {"views": 3})
     # stored with the reference, loaded, used by default

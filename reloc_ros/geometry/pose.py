@@ -17,8 +17,8 @@ from scipy.spatial.transform import Rotation
 __all__ = [
     "make_T", "invert_T", "transform_points", "project_to_so3", "validate_rigid", "NonRigidTransformError",
     "quat_xyzw_from_R", "R_from_quat_xyzw", "T_from_pos_quat", "pos_quat_from_T", "so3_exp", "so3_log",
-    "se3_exp_right", "perturb_T", "rotation_angle_deg", "covariance_right_to_world", "covariance_to_body_point",
-    "so3_exp_torch", "skew_torch",
+    "se3_exp_right", "perturb_T", "rotation_angle_deg", "view_distance", "covariance_right_to_world",
+    "covariance_to_body_point", "so3_exp_torch", "skew_torch",
 ]
 
 
@@ -138,6 +138,16 @@ def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
     """Angle (deg) of ``R_a^T R_b``, well-conditioned near 0 (2·atan2(|q_xyz|, |q_w|), not arccos of the trace)."""
     q = Rotation.from_matrix(project_to_so3(R_a.T @ R_b)).as_quat()
     return float(np.degrees(2.0 * np.arctan2(np.linalg.norm(q[:3]), abs(q[3]))))
+
+
+def view_distance(T_a: np.ndarray, T_b: np.ndarray, angle_weight_m: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """How far apart two sets of camera views are: ``(‖c_a − c_b‖ + angle_weight_m · angle, angle)``, both (A, B),
+    for (A, 4, 4) and (B, 4, 4) ``T_world_cam`` (camera centres in m, the angle between the optical axes in rad;
+    ``angle_weight_m`` is metres per radian). Used to pick nearby reference views."""
+    c_a, c_b = T_a[:, :3, 3], T_b[:, :3, 3]
+    angle = np.arccos(np.clip(T_a[:, :3, 2] @ T_b[:, :3, 2].T, -1.0, 1.0))
+    return np.linalg.norm(c_a[:, None] - c_b[None], axis=-1) + angle_weight_m * angle, angle
 
 
 def covariance_right_to_world(T_world_cam: np.ndarray, cov_right: np.ndarray) -> np.ndarray:

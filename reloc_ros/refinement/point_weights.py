@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..geometry.pose import invert_T, transform_points
+from ..geometry.pose import invert_T, transform_points, view_distance
 from ..map_file import load_map, save_map
 from ..xfeat import XFeatPyramid, pixel_to_level, rgb_to_gray
-from .features import reduce_and_normalize, sample_bilinear
+from .features import sample_bilinear
+from .reference import ReferenceModel, load_reference
 
 __all__ = ["DEFAULT_WEIGHT_CONF", "view_consistency", "weights_from_consistency", "estimate_point_weights",
            "add_point_weights"]
@@ -36,10 +37,7 @@ DEFAULT_WEIGHT_CONF = {
 
 def _neighbours(poses: np.ndarray, conf: dict) -> list[np.ndarray]:
     """For each reference image, the indices of the (at most) ``num_views`` images it is compared in."""
-    t, z = poses[:, :3, 3], poses[:, :3, 2]
-    dist = np.linalg.norm(t[:, None] - t[None], axis=-1)
-    ang = np.arccos(np.clip(z @ z.T, -1.0, 1.0))
-    metric = dist + conf["angle_weight_m"] * ang
+    metric, _ = view_distance(poses, poses, conf["angle_weight_m"])
     out = []
     for i, m in enumerate(metric):
         ok = (m >= conf["min_view_distance"]) & (m <= conf["max_view_distance"])
@@ -50,32 +48,24 @@ def _neighbours(poses: np.ndarray, conf: dict) -> list[np.ndarray]:
 
 
 @torch.inference_mode()
-def view_consistency(tensors: dict, meta: dict, frames, conf: dict | None = None, device: str = "cpu",
+def view_consistency(ref: ReferenceModel, frames, conf: dict | None = None, device: str = "cpu",
                      net: XFeatPyramid | None = None) -> np.ndarray:
-    """``d`` (P,) float32 of every reference point (see the module docstring; NaN where no other view saw it).
-    The tensors may be on any device; ``device`` is where the features are computed.
-
-    ``tensors``/``meta``: a reference model as stored (``reference.py``); ``frames``: a sequence of the reference's
-    images in its order (each with ``.image`` (H, W, 3) uint8 RGB, ``.camera``, ``.name``; names must match
-    ``meta["image_names"]``)."""
+    """``d`` (P,) float32 of every point of the reference ``ref`` (see the module docstring; NaN where no other view
+    saw it), its features computed on ``device``. ``frames``: a sequence of the reference's images in its order
+    (each with ``.image`` (H, W, 3) uint8 RGB, ``.camera``, ``.name``; names must match the reference's)."""
     conf = {**DEFAULT_WEIGHT_CONF, **(conf or {})}
     if int(conf["num_views"]) < 1:
         raise ValueError(f"num_views must be at least 1, got {conf['num_views']}")
-    names = list(meta["image_names"])
+    names = list(ref.metadata["image_names"])
     if len(frames) != len(names):
         raise ValueError(f"{len(frames)} frames given for a reference of {len(names)} images")
-    levels = list(meta["levels"])
-    poses = tensors["image_poses"].double().cpu().numpy()
-    offsets = tensors["image_offsets"].cpu().numpy()
-    X = tensors["points_xyz"].double().cpu().numpy()
-    feats = {lv: tensors[f"feat_{lv}"].float().to(device) for lv in levels}
-    pca = {lv: (tensors[f"pca_mean_{lv}"].float().to(device), tensors[f"pca_proj_{lv}"].float().to(device))
-           for lv in levels}
-    blur = {lv: float(meta.get("blur", {}).get(lv, 0.0)) for lv in levels}
-    net = (net or XFeatPyramid(levels)).to(device)
-    neigh = _neighbours(poses, conf)
+    poses = ref.image_poses.cpu().numpy()
+    offsets = ref.image_offsets.cpu().numpy()
+    X = ref.points_xyz.cpu().numpy()
+    feats = {lv: ref.features[lv].to(device) for lv in ref.levels}
+    net = (net or XFeatPyramid(ref.levels)).to(device)
     observers: list[list[int]] = [[] for _ in names]        # image j -> reference images whose points it checks
-    for i, js in enumerate(neigh):
+    for i, js in enumerate(_neighbours(poses, conf)):
         for j in js:
             observers[int(j)].append(i)
     K = int(conf["num_views"])
@@ -87,8 +77,7 @@ def view_consistency(tensors: dict, meta: dict, frames, conf: dict | None = None
         fr = frames[j]
         if fr.name != names[j]:
             raise ValueError(f"frame {j} is {fr.name!r}, the reference's image {j} is {names[j]!r}")
-        raw = net(rgb_to_gray(fr.image, meta.get("gray", "mean"), device))
-        maps = {lv: reduce_and_normalize(raw[lv][0].float(), *pca[lv], blur[lv]) for lv in levels}
+        maps = ref.query_maps(net(rgb_to_gray(fr.image, ref.gray, device)))
         T_cam_world = invert_T(poses[j])
         cam = fr.camera
         for i in observers[j]:
@@ -99,11 +88,12 @@ def view_consistency(tensors: dict, meta: dict, frames, conf: dict | None = None
                 slot[i] += 1
                 continue
             uv_t = torch.as_tensor(uv[ok], dtype=torch.float32, device=device)
-            acc = torch.zeros(int(ok.sum()), device=device)
-            for lv in levels:
-                f, _, _ = sample_bilinear(maps[lv], pixel_to_level(uv_t, int(meta["strides"][lv])), with_grad=False)
-                acc += ((f - feats[lv][s:e][torch.from_numpy(ok).to(device)]) ** 2).sum(-1)
-            d[np.arange(s, e)[ok], slot[i]] = (acc / len(levels)).cpu().numpy()
+            rows = torch.from_numpy(np.arange(s, e)[ok]).to(device)
+            acc = torch.zeros(len(rows), device=device)
+            for lv in ref.levels:
+                f, _, _ = sample_bilinear(maps[lv], pixel_to_level(uv_t, ref.strides[lv]), with_grad=False)
+                acc += ((f - feats[lv][rows]) ** 2).sum(-1)
+            d[rows.cpu().numpy(), slot[i]] = (acc / len(ref.levels)).cpu().numpy()
             slot[i] += 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: points no other view saw
@@ -125,12 +115,12 @@ def estimate_point_weights(tensors: dict, meta: dict, frames, conf: dict | None 
                            net: XFeatPyramid | None = None) -> None:
     """Add the estimated weights to a reference model's ``tensors`` / ``meta`` in place: tensors
     ``point_weights`` (P,) float32 and ``point_consistency`` (P,) float32 (``d``), metadata ``point_weights`` (the
-    conf and the number of points compared in at least one view). Arguments as ``view_consistency``."""
+    conf and the number of points compared in at least one view). The other arguments as ``view_consistency``."""
     unknown = set(conf or {}) - set(DEFAULT_WEIGHT_CONF)
     if unknown:
         raise ValueError(f"unknown point weight options {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHT_CONF)}")
     conf = {**DEFAULT_WEIGHT_CONF, **(conf or {})}
-    d = view_consistency(tensors, meta, frames, conf, device, net)
+    d = view_consistency(load_reference((tensors, meta), device), frames, conf, device, net)
     tensors["point_consistency"] = torch.from_numpy(d)
     tensors["point_weights"] = torch.from_numpy(weights_from_consistency(d, conf["scale"]))
     meta["point_weights"] = {**conf, "num_with_views": int(np.isfinite(d).sum())}

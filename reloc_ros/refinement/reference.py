@@ -354,6 +354,11 @@ class ReferenceModel:
     gray: str = "mean"        # grayscale conversion of the XFeat input (files without the field used "mean")
     point_weights: torch.Tensor | None = None  # (P,) float32 estimated per-point weights (point_weights.py), or None
 
+    def query_maps(self, raw: dict, levels=None) -> dict:
+        """XFeat levels of an image (level -> (1, C, h, w)) as this reference's query-side maps: level -> (h, w, D)
+        PCA-reduced with its projection, blurred as its features were, L2-normalised (``levels``: default all)."""
+        return {lv: reduce_and_normalize(raw[lv][0], *self.pca[lv], self.blur[lv]) for lv in (levels or self.levels)}
+
     @property
     def num_images(self) -> int:
         return int(self.image_poses.shape[0])

@@ -17,12 +17,12 @@ import torch
 
 from ..geometry.camera import Camera
 from ..geometry.pose import (covariance_right_to_world, invert_T, rotation_angle_deg, se3_exp_right,
-                             transform_points)
+                             transform_points, view_distance)
 from ..geometry.projection_torch import camera_params_torch
 from ..precision import autocast_context
 from .featuremetric import LevelCost, evaluate_level
 from .featuremetric_cpu import evaluate_level_cpu, warm_up
-from .features import XFeatPyramid, reduce_and_normalize, rgb_to_gray
+from .features import XFeatPyramid, rgb_to_gray
 from .reference import ReferenceModel, load_reference
 
 __all__ = ["FeaturemetricRefiner", "RefinementResult", "DEFAULT_REFINER_CONF", "refine_from_prior"]
@@ -143,7 +143,7 @@ class FeaturemetricRefiner:
         if raw is None:
             with torch.inference_mode(), autocast_context(self.device.type, self.conf["feature_precision"]):
                 raw = {lv: v.float() for lv, v in self.net(rgb_to_gray(image, self.ref.gray, self.device)).items()}
-        return {lv: reduce_and_normalize(raw[lv][0], *self.ref.pca[lv], self.ref.blur[lv]) for lv in self.levels}
+        return self.ref.query_maps(raw, self.levels)
 
     def select_points(self, T: np.ndarray, camera: Camera) -> np.ndarray:
         """Indices of reference points seen from pose ``T`` (4×4 ``T_world_cam``): from the ``num_views`` nearby
@@ -151,9 +151,8 @@ class FeaturemetricRefiner:
         first per view). Runs in numpy on the CPU copies of the poses and points (a few hundred points per view)."""
         c = self.conf
         poses, offsets = self._image_poses_np, self._offsets_np
-        d = np.linalg.norm(poses[:, :3, 3] - T[:3, 3], axis=-1)
-        cosang = np.clip(np.einsum("ni,i->n", poses[:, :3, 2], T[:3, 2]), -1.0, 1.0)
-        cand = np.argsort(d + c["angle_weight_m"] * np.arccos(cosang), kind="stable")[: c["num_candidates"]]
+        score = view_distance(T[None], poses, c["angle_weight_m"])[0][0]
+        cand = np.argsort(score, kind="stable")[: c["num_candidates"]]
         starts, ends = offsets[cand], offsets[cand + 1]
         idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
         uv, ok = camera.project(transform_points(invert_T(T), self._points_np[idx]))

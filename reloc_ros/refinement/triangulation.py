@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..geometry.pose import view_distance
+
 __all__ = ["DEFAULT_TRIANGULATION_CONF", "Triangulation", "TriangulationError", "triangulate_dataset",
            "select_pairs", "colmap_to_pixel", "pixel_to_colmap"]
 
@@ -103,10 +105,7 @@ def select_pairs(poses: np.ndarray, num_neighbors: int, angle_weight_m: float = 
     """Unordered image pairs ``(i, j)``, ``i < j``: each image with its ``num_neighbors`` nearest views by
     ``‖c_i − c_j‖ + angle_weight_m · angle(z_i, z_j)`` (camera centres in m, optical axes in rad), among those whose
     optical axes differ by at most ``max_angle_deg``. ``poses``: (N, 4, 4) ``T_world_cam``."""
-    c = poses[:, :3, 3]
-    z = poses[:, :3, 2]
-    ang = np.arccos(np.clip(z @ z.T, -1.0, 1.0))
-    score = np.linalg.norm(c[:, None] - c[None], axis=-1) + angle_weight_m * ang
+    score, ang = view_distance(poses, poses, angle_weight_m)
     score[ang > np.deg2rad(max_angle_deg)] = np.inf
     np.fill_diagonal(score, np.inf)
     pairs = set()
