@@ -13,7 +13,6 @@ Python: ``evaluate(map_path, dataset, refine=False, ...) -> dict``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -127,13 +126,12 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
 
 
 def _json_object(text: str) -> dict:
+    """argparse type of the JSON-object options."""
+    from ..mapping.cli import parse_json_object
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
+        return parse_json_object(text, "the value")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def main(argv=None) -> int:

@@ -105,6 +105,18 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def parse_json_object(text: str, name: str) -> dict:
+    """A JSON object given as text (an option or a ROS parameter called ``name``; empty = ``{}``) -> dict. Raises a
+    ValueError that names ``name`` when the text is not JSON or not an object."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not a JSON object: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object")
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-map", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -223,23 +223,15 @@ class LocalizerNode(LifecycleNode):
                                f"refine={self.localizer.refine}, device {self.p('device')})")
         return TransitionCallbackReturn.SUCCESS
 
-    def _json_object(self, name: str) -> dict:
-        try:
-            value = json.loads(str(self.p(name)) or "{}")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{name} is not a JSON object: {err}") from err
-        if not isinstance(value, dict):
-            raise ValueError(f"{name} must be a JSON object")
-        return value
-
     def _load_localizer(self):
         from ..localizer import Localizer
+        from ..mapping.cli import parse_json_object
         path = str(self.p("map_path"))
         if not path:
             raise ValueError("parameter map_path is empty: give the map file written by reloc-map")
-        loc = Localizer.from_map(path, device=str(self.p("device")), refine=bool(self.p("refine")),
-                                 front_end_options=self._json_object("front_end_options"),
-                                 refiner_options=self._json_object("refiner_options"),
+        options = {name: parse_json_object(str(self.p(name)), name)
+                   for name in ("front_end_options", "refiner_options")}
+        loc = Localizer.from_map(path, device=str(self.p("device")), refine=bool(self.p("refine")), **options,
                                  position_sigma_floor_m=float(self.p("position_sigma_floor")),
                                  rotation_sigma_floor_deg=float(self.p("rotation_sigma_floor_deg")))
         want = str(self.p("front_end"))

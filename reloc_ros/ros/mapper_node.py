@@ -229,11 +229,10 @@ class MapperNode(Node):
         if len(self.rec.names) < 2:
             response.success, response.message = False, f"only {len(self.rec.names)} frames recorded"
             return response
+        from ..mapping.cli import parse_json_object
         try:
-            overrides = json.loads(str(self.p("train_overrides")) or "{}")
-            if not isinstance(overrides, dict):
-                raise ValueError("train_overrides must be a JSON object")
-        except (ValueError, json.JSONDecodeError) as err:
+            overrides = parse_json_object(str(self.p("train_overrides")), "train_overrides")
+        except ValueError as err:
             response.success, response.message = False, f"bad train_overrides: {err}"
             return response
         out = Path(str(self.p("map_path")) or self.rec.out / "map.safetensors")
