@@ -108,13 +108,21 @@ def run_basin(args, refiner, queries, out_png: Path) -> dict:
     ax.plot(x, [o["accepted_and_success_rate"] * 100 for o in out], "s--", label="converged and accepted")
     ax.plot(x, [o["accepted_but_wrong_rate"] * 100 for o in out], "x:", color="tab:red",
             label="accepted but not converged")
+    if args.baseline:  # an earlier basin run (e.g. without the matching initialisation), for comparison
+        base = json.loads(Path(args.baseline).read_text())
+        ax.plot([o["init_t_m"] * 100 for o in base["levels"]],
+                [o["accepted_and_success_rate"] * 100 for o in base["levels"]], "s--", color="0.6",
+                label="converged and accepted, refiner options " + (base["meta"]["args"]["conf"] if
+                                                                     base["meta"]["args"]["conf"] != "{}" else
+                                                                     "default"))
     ax.set_xticks(x, [f"{o['init_t_m'] * 100:.0f} cm\n{o['init_r_deg']:.0f}°" for o in out])
     ax.set_xlabel("initial error (translation, rotation)")
     ax.set_ylabel(f"% within {args.success_t * 100:.0f} cm / {args.success_r:.0f}°")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"Refinement basin: {Path(args.data).name}, {len(frames)} queries per level", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"Refinement basin: {Path(args.data).name}, {len(frames)} queries per level\n"
+                 f"refiner options {args.conf}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     return {"levels": out, "success_t_m": args.success_t, "success_r_deg": args.success_r}
@@ -157,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--conf", default="{}", help="JSON refiner options")
+    p.add_argument("--baseline", default=None, help="basin: JSON of an earlier basin run to draw for comparison")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results_refinement_<mode>.json)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -52,7 +52,7 @@ class Localizer:
         self.metadata = metadata or {}
         # One XFeat pass for both: the ACE front end (XFeat encoder) also computes the refiner's levels.
         self.shares_features = bool(refiner is not None and hasattr(front_end, "share_levels")
-                                    and front_end.share_levels(refiner.levels, refiner.ref.gray))
+                                    and front_end.share_levels(refiner.map_levels, refiner.ref.gray))
 
     @property
     def front_end_name(self) -> str:
@@ -77,7 +77,10 @@ class Localizer:
                 raise MapFileError(f"{ref}: refinement was requested but the map has no reference model there "
                                    "(re-run reloc-map without --no-reference, or pass reference=...)")
             from .refinement import FeaturemetricRefiner
-            refiner = FeaturemetricRefiner.from_reference(ref, device=device, **(refiner_options or {}))
+            # the front end's own refiner defaults (e.g. the implicit one turns the matching initialisation on),
+            # then the caller's options
+            refiner_options = {**getattr(cls_, "refiner_defaults", {}), **(refiner_options or {})}
+            refiner = FeaturemetricRefiner.from_reference(ref, device=device, **refiner_options)
         return cls(front_end, refiner, map_path, meta, **localizer_options)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -90,9 +93,10 @@ class Localizer:
         camera.validate()
         result = self.front_end.localize(image, camera)
         if self.refiner is not None:
-            start = result.T_world_cam if result.success else prior_T_world_cam
-            if start is not None:
-                self._apply_refinement(result, image, camera, start)
+            if result.success:
+                self._apply_refinement(result, image, camera, result.T_world_cam)
+            elif prior_T_world_cam is not None:
+                self._apply_refinement(result, image, camera, prior_T_world_cam, from_prior=True)
         result.dense_features = None
         self._add_covariance_floor(result)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
@@ -110,26 +114,38 @@ class Localizer:
         t0 = time.perf_counter()
         check_image(image, camera)
         result = LocalizationResult(False, None, None, 0.0, "prior", reason="refinement_rejected")
-        self._apply_refinement(result, image, camera, np.asarray(T_world_cam_prior, dtype=np.float64))
+        self._apply_refinement(result, image, camera, np.asarray(T_world_cam_prior, dtype=np.float64), from_prior=True)
         self._add_covariance_floor(result)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
 
-    def _apply_refinement(self, result: LocalizationResult, image, camera, T_start) -> None:
+    def _apply_refinement(self, result: LocalizationResult, image, camera, T_start, from_prior: bool = False) -> None:
+        """Refine ``T_start`` (the front end's pose, or a prior with ``from_prior``: then with the matching
+        initialisation, ``refinement.refine_from_prior``) and fold the outcome into ``result``."""
+        from .refinement.refiner import refine_from_prior
+
         t0 = time.perf_counter()
-        r = self.refiner.refine(image, camera, T_start, raw_features=result.dense_features)
+        if from_prior:
+            r = refine_from_prior(self.refiner, image, camera, T_start, raw_features=result.dense_features)
+        else:
+            r = self.refiner.refine(image, camera, T_start, raw_features=result.dense_features)
         result.timings_ms["refinement"] = (time.perf_counter() - t0) * 1e3
         accepted = bool(getattr(r, "accepted", getattr(r, "success", False)))
         result.refinement = RefinementInfo(ran=True, accepted=accepted, iterations=int(r.iterations),
                                            cost_initial=float(r.cost_initial), cost_final=float(r.cost_final),
-                                           reason=str(r.reason))
+                                           reason=str(r.reason), init=str(getattr(r, "init", "prior")))
         if accepted:
             result.T_world_cam = r.T_world_cam
             if r.covariance is not None:
                 result.covariance = r.covariance
-            if not result.success:  # a refined prior: a pose, with the refinement's own confidence
+            # The published pose is the refined one: its confidence is at least the refinement's own
+            # (exp(−σ_pos / confidence_scale_m) from its covariance); a front end's higher score is kept. (Before,
+            # a refined implicit pose kept the coarse pose's confidence, and the node's min_confidence dropped 30 %
+            # of the refined 7-Scenes poses.)
+            result.confidence = max(result.confidence if result.success else 0.0,
+                                    float(getattr(r, "confidence", 0.5)))
+            if not result.success:  # a refined prior
                 result.success = True
                 result.reason = "ok"
-                result.confidence = float(getattr(r, "confidence", 0.5))
         elif result.front_end == "prior":
             result.reason = "refinement_rejected"

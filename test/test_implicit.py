@@ -264,3 +264,20 @@ def test_tiny_model_overfits_demo_frames_and_resumes(demo_scene_root, tmp_path):
     meta = load_implicit_map(ft).metadata
     assert meta["model"]["arch"] == "small" and meta["training"]["last_losses"]["consistency"] == 0.0
     assert meta["training"]["last_losses"]["t_err_m"] < 0.05
+
+
+def test_localizer_gives_the_implicit_front_end_its_refiner_defaults(tmp_path, demo_scene_root):
+    """The implicit front end's poses are often outside the LM's basin: a Localizer built from an implicit map turns
+    the refiner's matching initialisation on unless the caller's options say otherwise."""
+    from reloc_ros.datasets import open_dataset
+    from reloc_ros.localizer import Localizer
+    from reloc_ros.refinement import build_reference
+
+    _, path, _ = _tiny_map(tmp_path)
+    mapping = open_dataset(demo_scene_root, frames=demo_scene_root / "mapping.txt")
+    ref = build_reference([mapping[0], mapping[10]], tmp_path / "tiny.ref.safetensors", {"pca_images": 2})
+    loc = Localizer.from_map(path, refine=True, reference=ref)
+    assert ImplicitFrontEnd.refiner_defaults == {"match_init": "compete"}
+    assert loc.refiner.conf["match_init"] == "compete"
+    loc = Localizer.from_map(path, refine=True, reference=ref, refiner_options={"match_init": "off"})
+    assert loc.refiner.conf["match_init"] == "off"

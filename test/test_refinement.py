@@ -251,3 +251,64 @@ def test_point_weights_flag_inconsistent_points_and_reach_the_refiner(scene, ref
     c = plain.refine(fr.image, fr.camera, T0)
     assert a.cost_final == b.cost_final and np.array_equal(a.T_world_cam, b.T_world_cam)
     assert not np.isclose(a.cost_final, c.cost_final, rtol=1e-3)
+
+
+def test_matching_initialisation_widens_the_basin(scene, refiner):
+    """From priors 30 cm / 12° off (outside the LM's basin on this scene about half the time), the matching
+    initialisation (PnP on mutual-nearest-neighbour feature matches) brings every query to the cm-level optimum."""
+    _, query, _ = scene
+    rng = np.random.default_rng(3)
+    frames = [query[int(qi)] for qi in _closest_queries(query, refiner.ref.image_poses.numpy(), 4)]
+    priors = [perturb_T(fr.T_world_cam, 0.30, 12.0, rng) for fr in frames]
+    plain = [pose_error(refiner.refine(fr.image, fr.camera, T0).T_world_cam, fr.T_world_cam)
+             for fr, T0 in zip(frames, priors)]
+    assert sum(dt < 0.01 and dr < 0.2 for dt, dr in plain) < len(frames), \
+        ("the LM alone converged from every prior: this test no longer shows a wider basin", plain)
+    for mode in ("pnp", "compete"):
+        for fr, T0 in zip(frames, priors):
+            res = refiner.refine(fr.image, fr.camera, T0, match_init=mode)
+            dt, dr = pose_error(res.T_world_cam, fr.T_world_cam)
+            assert res.accepted and dt < 0.01 and dr < 0.2, (mode, fr.name, res.reason, res.init, dt, dr)
+            assert res.match_inliers >= refiner.conf["match_min_inliers"] and "match" in res.timings_ms
+            if mode == "pnp":
+                assert res.init == "matches"
+    # refine_from_prior (the /initialpose path) turns the matching initialisation on by itself
+    res = refine_from_prior(refiner, frames[0].image, frames[0].camera, priors[0])
+    assert res.accepted and pose_error(res.T_world_cam, frames[0].T_world_cam)[0] < 0.01 and res.match_inliers > 0
+    # without it, the refiner reports where each run started
+    res = refiner.refine(frames[0].image, frames[0].camera, frames[0].T_world_cam)
+    assert res.init == "prior" and res.match_inliers == 0 and "match" not in res.timings_ms
+
+
+def test_matching_initialisation_options_are_checked(scene, refiner):
+    fr = scene[1][0]
+    with pytest.raises(ValueError, match="match_init must be one of"):
+        FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, match_init="always")
+    with pytest.raises(ValueError, match="match_init must be one of"):
+        refiner.refine(fr.image, fr.camera, fr.T_world_cam, match_init="yes")
+    with pytest.raises(ValueError, match="match_level 'x4' is not in the reference model"):
+        FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, match_level="x4")
+    # a random image: matches exist (every point has a nearest cell) but PnP finds no consistent pose or the LM
+    # rejects it, and the prior is kept
+    noise = np.random.default_rng(2).integers(0, 256, fr.image.shape, dtype=np.uint8)
+    res = refiner.refine(noise, fr.camera, fr.T_world_cam, match_init="compete")
+    assert not res.accepted
+    np.testing.assert_array_equal(res.T_world_cam, fr.T_world_cam)
+
+
+def test_a_refined_pose_carries_the_refinements_confidence(scene, refiner):
+    """A front-end pose with a low score that the refinement brings to the cm level is published with (at least)
+    the refinement's confidence, so the node's min_confidence gate does not drop it; a higher front-end score stays."""
+    from reloc_ros.frontends.base import LocalizationResult
+    from reloc_ros.localizer import Localizer
+
+    _, query, _ = scene
+    fr = query[int(_closest_queries(query, refiner.ref.image_poses.numpy(), 1)[0])]
+    T0 = perturb_T(fr.T_world_cam, 0.04, 1.5, np.random.default_rng(4))
+    loc = Localizer(front_end=None, refiner=refiner)
+    for front_conf in (0.1, 0.999):
+        result = LocalizationResult(True, T0.copy(), np.eye(6) * 1e-2, front_conf, "implicit")
+        loc._apply_refinement(result, fr.image, fr.camera, T0)
+        assert result.refinement.accepted and pose_error(result.T_world_cam, fr.T_world_cam)[0] < 0.01
+        refined_conf = np.exp(-np.sqrt(np.trace(result.covariance[:3, :3])) / refiner.conf["confidence_scale_m"])
+        assert result.confidence == pytest.approx(max(front_conf, refined_conf)) and result.confidence > 0.5

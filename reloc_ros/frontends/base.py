@@ -22,6 +22,7 @@ class RefinementInfo:
     cost_initial: float = float("nan")
     cost_final: float = float("nan")
     reason: str = "ok"
+    init: str = "prior"   # where the kept LM run started: "prior" (the given pose) or "matches" (match_init)
 
 
 @dataclass

@@ -90,6 +90,10 @@ class ImplicitFrontEnd:
     """
 
     name = "implicit"
+    # Refiner options the Localizer applies under the caller's: this front end's poses are often 10-50 cm off,
+    # outside the LM's basin, so the refinement also starts from a PnP pose on feature matches (7-Scenes: 67 % ->
+    # 78 % within 5 cm/5°, benchmarks/RESULTS_refinement.md).
+    refiner_defaults = {"match_init": "compete"}
 
     def __init__(self, model: ImplicitPoseNet, metadata: dict, device="cpu", bf16: bool = False,
                  channels_last: bool = True, threads: int | None = None, cov_inflation: float = 240.0,
