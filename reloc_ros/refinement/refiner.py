@@ -83,14 +83,16 @@ DEFAULT_REFINER_CONF = {
     # rejected (the result's `init` says which run was kept). "compete": from both; the accepted run with the
     # lower final cost is kept. It widens the basin
     # from ~10 cm to whatever still selects views of the query's scene. 7-Scenes, implicit front end (11.8 cm
-    # median): 67.2 % -> 78 % within 5 cm/5° for +9 ms; the ACE front end (3.4 cm) gains nothing, so the default
-    # is "off" and each front end may set its own (``refiner_defaults``; refine_from_prior uses "compete").
+    # median): 67.0 % -> 77.0 % within 5 cm/5° for +8 ms (75.8 % for +5 ms with match_max_points 512, the implicit
+    # front end's choice); the ACE front end (3.4 cm) gains nothing, so the default is "off" and each front end may
+    # set its own (``refiner_defaults``; refine_from_prior uses "compete").
     # Level "x2" (1/4) matches more precisely but costs 21 ms against 8.5 for "fused" (1/8), for the same recall
     # after the LM (benchmarks/RESULTS_refinement.md, fifth session).
     "match_init": "off",
     "match_level": "fused",
     "match_threshold_px": 16.0,  # RANSAC inlier threshold (px); 2 cells of the fused level (stride 8)
     "match_min_inliers": 30,
+    "match_max_points": 1024,    # of the selected points, at most this many (evenly spread) are matched
 }
 MATCH_INIT_MODES = ("off", "pnp", "compete")
 
@@ -319,6 +321,7 @@ class FeaturemetricRefiner:
         inliers, number of inliers)."""
         c = self.conf
         lv = c["match_level"]
+        idx = idx[:: -(-len(idx) // max(int(c["match_max_points"]), 1))]
         uv, keep, _ = mutual_nearest_cells(self.ref.features[lv][torch.from_numpy(idx).to(self.device)], maps[lv],
                                            self.ref.strides[lv])
         if len(keep) < c["match_min_inliers"]:

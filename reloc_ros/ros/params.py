@@ -32,8 +32,9 @@ LOCALIZER_PARAMS = [
     Param("refiner_options", "{}", "JSON object of featuremetric refiner options (DEFAULT_REFINER_CONF keys in "
           "reloc_ros/refinement/refiner.py, e.g. '{\"max_points\": 512}'); used when refine is true. They go over the "
           "front end's own refiner defaults: the implicit front end turns the matching initialisation on "
-          "('{\"match_init\": \"compete\"}': the LM also starts from a PnP pose on feature matches, +10 ms, 67 -> 77 % "
-          "within 5 cm/5° on 7-Scenes); '{\"match_init\": \"off\"}' turns it off. /initialpose priors always use it."),
+          "('{\"match_init\": \"compete\", \"match_max_points\": 512}': the LM also starts from a PnP pose on feature "
+          "matches, +5 ms, 67 -> 76 % within 5 cm/5° on 7-Scenes); '{\"match_init\": \"off\"}' turns it off. "
+          "/initialpose priors always use it."),
     Param("position_sigma_floor", 0.03, "Map-accuracy floor (m): this standard deviation is added in quadrature to "
           "each position axis (x, y, z) of every published covariance (Localizer position_sigma_floor_m). Read with "
           "map_path: applied on configure and ~/reload_map.", min=0.0),
