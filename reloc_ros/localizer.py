@@ -133,7 +133,7 @@ class Localizer:
         accepted = bool(getattr(r, "accepted", getattr(r, "success", False)))
         result.refinement = RefinementInfo(ran=True, accepted=accepted, iterations=int(r.iterations),
                                            cost_initial=float(r.cost_initial), cost_final=float(r.cost_final),
-                                           reason=str(r.reason), init=str(getattr(r, "init", "prior")))
+                                           reason=str(r.reason), init=r.init)
         if accepted:
             result.T_world_cam = r.T_world_cam
             if r.covariance is not None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["LEVELS", "GRAY_MODES", "XFeatPyramid", "rgb_to_gray", "pixel_to_level"]
+__all__ = ["LEVELS", "GRAY_MODES", "XFeatPyramid", "rgb_to_gray", "pixel_to_level", "level_to_pixel"]
 
 # name -> (stride, channels)
 LEVELS = {"b1": (2, 8), "x2": (4, 24), "x3": (8, 64), "fused": (8, 64), "x4": (16, 64), "heat": (8, 1)}
@@ -31,6 +31,12 @@ GRAY_MODES = ("bt601", "mean")
 def pixel_to_level(uv: torch.Tensor, stride: int) -> torch.Tensor:
     """Pixel coordinates (..., 2) of the full image -> continuous coordinates on a level of ``stride``."""
     return (uv + 0.5) / stride - 0.5
+
+
+def level_to_pixel(xy, stride: int):
+    """Continuous coordinates (..., 2) on a level of ``stride`` (integers at cell centres) -> full-image pixel
+    coordinates; the inverse of ``pixel_to_level`` (torch tensors or numpy arrays)."""
+    return (xy + 0.5) * stride - 0.5
 
 
 def rgb_to_gray(images: np.ndarray | list, mode: str = "bt601", device="cpu") -> torch.Tensor:

@@ -7,13 +7,15 @@ are matched to the query's cells by mutual nearest neighbour of their (PCA-reduc
 whole image, and PnP + RANSAC (``estimators.pnp``) on the matches gives a start for the LM that no longer depends on
 how far off the prior was, only on the prior choosing reference views that see the query's scene.
 
-Pixel convention: a match's pixel is the centre of the matched cell of a stride-``s`` level, ``(x + 0.5)·s − 0.5``
-(the inverse of ``xfeat.pixel_to_level``).
+Pixel convention: a match's pixel is the centre of the matched cell of a stride-``s`` level,
+``xfeat.level_to_pixel`` (the inverse of ``pixel_to_level``, with which the LM samples).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from ..xfeat import level_to_pixel
 
 __all__ = ["mutual_nearest_cells"]
 
@@ -44,5 +46,5 @@ def mutual_nearest_cells(ref_features: torch.Tensor, query_map: torch.Tensor, st
     back = (Q[torch.from_numpy(best)] @ F.T).cpu().numpy().argmax(1)
     keep = np.nonzero(back == np.arange(n))[0]
     cells = best[keep]
-    uv = np.stack([(cells % w + 0.5) * stride - 0.5, (cells // w + 0.5) * stride - 0.5], -1).astype(np.float64)
+    uv = level_to_pixel(np.stack([cells % w, cells // w], -1).astype(np.float64), stride)
     return uv, keep.astype(np.int64), sim[keep].astype(np.float32)

@@ -19,8 +19,8 @@ import torch
 
 from ..estimators.pnp import pnp_ransac
 from ..geometry.camera import Camera
-from ..geometry.pose import (covariance_right_to_world, invert_T, rotation_angle_deg, se3_exp_right,
-                             transform_points, view_distance)
+from ..geometry.pose import (covariance_right_to_world, invert_T, position_confidence, rotation_angle_deg,
+                             se3_exp_right, transform_points, view_distance)
 from ..geometry.projection_torch import camera_params_torch
 from ..precision import autocast_context
 from .featuremetric import LevelCost, evaluate_level
@@ -392,8 +392,7 @@ class FeaturemetricRefiner:
             cov = covariance_right_to_world(T, 0.5 * (cov_right + cov_right.T))
         except np.linalg.LinAlgError:
             cov = None
-        confidence = 0.0 if cov is None else float(
-            np.exp(-np.sqrt(max(np.trace(cov[:3, :3]), 0.0)) / c["confidence_scale_m"]))
+        confidence = 0.0 if cov is None else position_confidence(cov, c["confidence_scale_m"])
         return RefinementResult(True, T, cov, iterations, cost_init_fine, cost_final, "ok", n, confidence, inl,
                                 {}, T, init)
 

@@ -27,7 +27,7 @@ import torch
 
 from ...geometry.camera import Camera, InvalidCameraError
 from ...geometry.kabsch import DegenerateWeightsError
-from ...geometry.pose import covariance_right_to_world, make_T
+from ...geometry.pose import covariance_right_to_world, make_T, position_confidence
 from ...map_file import MapFileError, load_map
 from ..base import LocalizationResult
 from .model import ImplicitPoseNet, camera_rays, normalize_images
@@ -173,8 +173,7 @@ class ImplicitFrontEnd:
         cov, rms = pose_covariance(R, t, Pn, Qn, wn, self.cov_inflation)
         t3 = time.perf_counter()
         mass = float(wn.sum())
-        sigma_pos = float(np.sqrt(max(np.trace(cov[:3, :3]), 0.0)))
-        conf = float(np.exp(-sigma_pos / self.confidence_scale_m)) if np.isfinite(sigma_pos) else 0.0
+        conf = position_confidence(cov, self.confidence_scale_m)
         timings.update(preprocess=1e3 * (t1 - t0), network=1e3 * (t2 - t1), solver=1e3 * (t3 - t2),
                        total=1e3 * (t3 - t0))
         ok = mass >= self.min_weight_mass and np.all(np.isfinite(cov))
