@@ -11,7 +11,8 @@ from reloc_ros.frontends.ace.buffer import augment_view
 from reloc_ros.frontends.ace.encoders import (AceEncoderNet, EncoderError, cell_centers, make_encoder,
                                               rgb_to_gray_tensor)
 from reloc_ros.frontends.ace.frontend import AceFrontEnd
-from reloc_ros.frontends.ace.train import DEFAULT_CONF, ace_loss, schedule, train
+from reloc_ros.frontends.ace.train import (DEFAULT_CONF, WARMUP_ITERATIONS, ace_loss, schedule, schedule_progress,
+                                          train)
 from reloc_ros.geometry.camera import Camera
 from reloc_ros.geometry.pose import invert_T, make_T, rotation_angle_deg, so3_exp, transform_points
 from reloc_ros.map_file import load_map
@@ -117,6 +118,18 @@ def test_ace_loss_and_schedule():
     assert c0 == DEFAULT_CONF["clamp_max_px"] and c_end == c1 == DEFAULT_CONF["clamp_min_px"]
 
 
+def test_schedule_progress_follows_iterations_unless_the_run_falls_behind_its_budget():
+    # time budget only: the elapsed share
+    assert schedule_progress(10, None, 30.0, 120.0) == 0.25
+    # capped: iterations drive it, whatever the clock says early on (a paused process) or while on course
+    assert schedule_progress(0, 800, 0.5, 300.0) == 0.0
+    assert schedule_progress(WARMUP_ITERATIONS - 1, 800, 200.0, 300.0) == (WARMUP_ITERATIONS - 1) / 800
+    assert schedule_progress(400, 800, 30.0, 300.0) == 0.5
+    # behind schedule after the warm-up: the time share takes over so that the run still anneals before the budget
+    assert schedule_progress(WARMUP_ITERATIONS, 800, 150.0, 300.0) == 0.5
+    assert schedule_progress(10, 800, 301.0, 300.0) > 1.0
+
+
 @pytest.fixture(scope="module")
 def demo_map(demo_map_ace, demo_scene_root):
     """A head overfitted to 6 demo-scene mapping frames (the shared ``demo_map_ace``) and those frames."""
@@ -196,6 +209,21 @@ def test_cell_centers_convention():
     np.testing.assert_allclose(uv[:4], [[3.5, 3.5], [11.5, 3.5], [19.5, 3.5], [3.5, 11.5]])
     g = rgb_to_gray_tensor(np.zeros((483, 645, 3), np.uint8))
     assert g.shape == (1, 1, 480, 640)
+
+
+def test_iteration_capped_training_is_reproducible(demo_scene_root, tmp_path):
+    """The same seed and conf train the same head, bit for bit (the schedule follows iterations, not the clock)."""
+    names = (demo_scene_root / "mapping.txt").read_text().split()[:40:10]
+    ds = open_dataset(demo_scene_root, frames=names)
+    conf = {"image_height": 120, "buffer_size": 4 * 300, "cells_per_view": 300, "head_width": 64, "batch_size": 256,
+            "max_iterations": 60, "minutes": 5.0, "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
+    heads = []
+    for k in range(2):
+        train(conf, ds, tmp_path / f"r{k}.map.safetensors")
+        heads.append(load_map(tmp_path / f"r{k}.map.safetensors")[0])
+    assert heads[0].keys() == heads[1].keys()
+    for key in heads[0]:
+        assert torch.equal(heads[0][key], heads[1][key]), key
 
 
 def test_training_resumes_from_checkpoint(demo_scene_root, tmp_path, capsys):

@@ -6,8 +6,11 @@ Loss (ACE, Brachmann et al. 2023): a prediction ``X`` for a cell at pixel ``u`` 
 ``e = ‖π(K·X_cam) − u‖₁ < repro_hard_clamp_px``; valid cells cost ``τ·tanh(e/τ)`` with the soft clamp ``τ`` annealed
 from ``clamp_max_px`` to ``clamp_min_px``; invalid cells cost ``‖X_cam − depth_target·K⁻¹[u, 1]‖₁``.
 
-Schedules run on *progress* ``p`` ∈ [0, 1] = the larger of the elapsed share of the training time budget and
-``iteration / max_iterations``: the learning rate is a one-cycle (linear warm-up ``lr_min → lr_max`` until
+Schedules run on *progress* ``p`` ∈ [0, 1]. Without ``max_iterations`` it is the elapsed share of the training
+time budget. With ``max_iterations`` it is ``iteration / max_iterations``, so that a run with the same seed, buffer
+and thread count trains the same head, unless the run falls behind the time budget (after ``WARMUP_ITERATIONS``
+its elapsed share exceeds the iteration share), when the larger of the two takes over (see ``schedule_progress``).
+The learning rate is a one-cycle (linear warm-up ``lr_min → lr_max`` until
 ``lr_warmup``, cosine to ~0 at p = 1) and the clamp a cosine from ``clamp_max_px`` to ``clamp_min_px`` reached at
 ``clamp_anneal_end`` (< 1: the findings note showed that annealing the clamp with the LR leaves it high until the LR
 is nearly zero).
@@ -29,7 +32,7 @@ from .buffer import TrainingBuffer, fill_buffer
 from .encoders import make_encoder
 from .head import SceneCoordinateHead
 
-__all__ = ["DEFAULT_CONF", "train", "ace_loss", "schedule"]
+__all__ = ["DEFAULT_CONF", "train", "ace_loss", "schedule", "schedule_progress"]
 
 DEFAULT_CONF: dict = {
     # encoder
@@ -74,6 +77,21 @@ DEFAULT_CONF: dict = {
     "keep_checkpoint": False,      # keep checkpoint and buffer files after the map is written
     "progress": True,              # tqdm bars
 }
+
+
+WARMUP_ITERATIONS = 50   # iterations before a time-bound run may take the schedule over from max_iterations
+
+
+def schedule_progress(iteration: int, max_iterations: int | None, elapsed_s: float, budget_s: float) -> float:
+    """Schedule progress in [0, 1] (see the module docstring). A pause of the process early in a run (a loaded
+    machine) does not change the schedule of an iteration-capped run, which is what keeps it reproducible."""
+    p_time = elapsed_s / budget_s
+    if not max_iterations:
+        return p_time
+    p_it = iteration / int(max_iterations)
+    if p_time >= 1.0 or (iteration >= WARMUP_ITERATIONS and p_time > p_it):
+        return max(p_time, p_it)
+    return p_it
 
 
 def schedule(p: float, conf: dict) -> tuple[float, float]:
@@ -203,14 +221,8 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
     t0 = time.perf_counter() - train_s
     stats = {"loss": float("nan"), "valid": float("nan")}
 
-    def progress_of(now):
-        p = (now - t0) / train_budget
-        if max_it:
-            p = max(p, it / int(max_it))
-        return p
-
     while True:
-        p = progress_of(time.perf_counter())
+        p = schedule_progress(it, max_it, time.perf_counter() - t0, train_budget)
         if p >= 1.0:
             break
         lr, clamp = schedule(p, conf)
