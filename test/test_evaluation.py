@@ -11,7 +11,8 @@ from reloc_ros.evaluation.consistency import nees, nees_inside_fraction, pose_er
 from reloc_ros.evaluation.matching import match_by_stamp
 from reloc_ros.evaluation.plots import plot_all
 from reloc_ros.evaluation.replay_metrics import replay_metrics
-from reloc_ros.evaluation.report import format_table, latency_stats, read_tum, write_json, write_tum
+from reloc_ros.evaluation.report import (format_table, latency_stats, read_tum, refinement_summary, write_json,
+                                        write_tum)
 from reloc_ros.geometry.pose import make_T, perturb_T, so3_exp
 
 
@@ -141,6 +142,20 @@ def test_json_table_and_tum_round_trip(tmp_path):
     assert "1.2" in table and "66.7" in table and "-" in table
     assert latency_stats([1.0, 2.0, 3.0, None, np.nan]) == {"latency_ms_median": 2.0,
                                                             "latency_ms_p95": pytest.approx(2.9)}
+
+
+def test_refinement_summary_counts_outcomes_of_the_frames_it_ran_on():
+    rows = [{"refinement_ran": True, "refinement_accepted": True, "refinement_reason": "ok", "refinement_init": "prior"},
+            {"refinement_ran": True, "refinement_accepted": True, "refinement_reason": "ok",
+             "refinement_init": "matches"},
+            {"refinement_ran": True, "refinement_accepted": False, "refinement_reason": "poor_alignment",
+             "refinement_init": "prior"},
+            {"refinement_ran": False, "refinement_accepted": False, "refinement_reason": "", "refinement_init": ""},
+            {"accepted": False, "reason": "bad_encoding"}]   # a status of a frame that never reached a front end
+    s = refinement_summary(rows)
+    assert s == {"refinement_ran": 3, "refinement_accepted": 2, "refinement_rejected": {"poor_alignment": 1},
+                 "refinement_started_from": {"prior": 1, "matches": 1}}
+    assert "refinement accepted  2" in format_table({**s, "n_queries": 5})
 
 
 def test_plots_are_written(tmp_path):

@@ -32,6 +32,7 @@ def test_reloc_eval_offline(demo_map_ace, demo_scene_root, tmp_path, capsys):
     assert res["map_bytes"] == map_path.stat().st_size and not reference_path(map_path).exists()
     assert 0 < res["latency_ms_median"] <= res["latency_ms_p95"]
     assert [q["name"] for q in res["per_query"]] == names
+    assert res["refinement_ran"] == 0 and not any(q["refinement_ran"] for q in res["per_query"])  # refine off
     for p in PLOTS:
         assert (tmp_path / "plots" / p).stat().st_size > 5000
     assert len((tmp_path / "tum" / "groundtruth.tum").read_text().splitlines()) == 6
@@ -56,7 +57,7 @@ def test_reloc_eval_bag_through_the_node(demo_map_ace, demo_scene_root, tmp_path
     assert res["n_status"] == 6, res["reasons"]
     assert res["availability"] >= 5 / 6 and res["recall_5cm_5deg"] >= 5 / 6, res["reasons"]
     assert res["false_accept_rate"] == 0.0
-    assert res["pose_frame"] == "camera" and res["front_end"] == "ace"
+    assert res["pose_frame"] == "camera" and res["front_end"] == "ace" and res["refinement_ran"] == 0
     assert 0 < res["latency_ms_median"] < 30_000 and res["node_rss_mb"] > 50
     for p in PLOTS:
         assert (tmp_path / "plots" / p).stat().st_size > 5000

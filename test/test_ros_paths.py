@@ -161,6 +161,7 @@ def test_compressed_input_and_covariance_floor_at_configure_and_reload(loc):
         s = loc.send(0)
         st = loc.status(s)
         assert st.accepted and st.reason == "ok" and st.front_end == "ace", (st.reason, st.inlier_count)
+        assert not st.refinement_ran and st.refinement_reason == st.refinement_init == ""  # refine is off here
         T[floor], covs[floor], _ = loc.pose(s)
         dt, dr = pose_error(T[floor], loc.frames[0].T_world_cam)
         assert dt < 0.1 and dr < 5.0, (dt, dr)  # the map's own accuracy on this frame: a few cm (offline)
@@ -273,6 +274,8 @@ def test_initialpose_prior_is_refined_and_lost_recovery_publishes_initialpose(lo
     st = loc.status(s)
     assert st.accepted and st.front_end == "prior", (st.reason, st.front_end)
     assert st.refinement_ran and st.refinement_accepted and st.inlier_count == 0
+    # a prior is refined with the matching initialisation competing (refine_from_prior): either start may win
+    assert st.refinement_reason == "ok" and st.refinement_init in ("prior", "matches"), st.refinement_init
     assert st.confidence > 0.5, st.confidence  # a cm-level refined prior would pass the default min_confidence
     T_map_cam, _, msg = loc.pose(s)
     dt, dr = pose_error(T_map_cam, gt)
@@ -287,6 +290,7 @@ def test_initialpose_prior_is_refined_and_lost_recovery_publishes_initialpose(lo
     s2 = loc.send(3)
     st2 = loc.status(s2)
     assert st2.accepted and st2.front_end == "ace" and st2.refinement_ran, (st2.reason, st2.front_end)
+    assert st2.refinement_reason == "ok" and st2.refinement_init == "prior"  # ACE: no matching initialisation
     # a prior in a frame other than map_frame is ignored: the front end runs
     prior(loc.frames[4].T_world_cam, frame_id="odom")
     st3 = loc.status(loc.send(4))

@@ -36,7 +36,7 @@ import yaml
 
 from ..geometry.pose import T_from_pos_quat, covariance_to_body_point
 from .replay_metrics import replay_metrics
-from .report import machine_info, map_bytes, print_summary, write_json, write_tum
+from .report import machine_info, map_bytes, print_summary, refinement_summary, write_json, write_tum
 
 __all__ = ["read_bag_ground_truth", "read_bag_layout", "NodeMonitor", "run_bag_replay", "main"]
 
@@ -248,6 +248,7 @@ def run_bag_replay(bag, map_path, rate: float | None = None, params=None, overri
         v = [s[key] for s in records["statuses"] if s.get("accepted")]
         stage[key.replace("latency_", "").replace("_ms", "")] = float(np.median(v)) if v else float("nan")
     m["latency_stage_ms_median"] = stage
+    m.update(refinement_summary(records["statuses"]))
     if plots_dir is not None:
         from .plots import plot_all
         m["plots"] = plot_all(plots_dir, arrays["gt_stamps_ns"], arrays["gt_poses"], arrays["est_stamps_ns"],

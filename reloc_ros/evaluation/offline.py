@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from ..metrics import pose_error, summarize_errors
 from .consistency import nees_inside_fraction, pose_error_vector
-from .report import latency_stats, machine_info, map_bytes, print_summary, write_json, write_tum
+from .report import (latency_stats, machine_info, map_bytes, print_summary, refinement_summary, write_json,
+                     write_tum)
 
 __all__ = ["evaluate", "main"]
 
@@ -89,12 +90,16 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
                           "reason": res.reason, "t_err_m": te, "r_err_deg": re,
                           "confidence": float(res.confidence), "inlier_count": int(res.inlier_count),
                           "latency_ms": lat[-1],
+                          "refinement_ran": res.refinement is not None and bool(res.refinement.ran),
                           "refinement_accepted": bool(res.refinement.accepted) if res.refinement else None,
+                          "refinement_reason": res.refinement.reason if res.refinement else "",
+                          "refinement_init": res.refinement.init if res.refinement else "",
                           "T_world_cam": None if T is None else np.asarray(T).tolist()})
 
     out = summarize_errors(t_errs, r_errs)
     out.update(latency_stats(lat))
     out["latency_stage_ms_median"] = {s: float(np.median(v)) for s, v in stages.items()}
+    out.update(refinement_summary(per_query))
     out["map"] = str(map_path) if map_path is not None else None
     out["map_bytes"] = map_bytes(map_path) if map_path is not None else None
     out["map_load_s"] = load_s

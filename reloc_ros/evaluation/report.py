@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import numpy as np
 from ..geometry.pose import pos_quat_from_T
 from ..map_file import atomic_write_bytes, reference_path
 
-__all__ = ["latency_stats", "machine_info", "map_bytes", "to_jsonable", "write_json", "format_table", "print_summary",
-           "write_tum", "read_tum"]
+__all__ = ["latency_stats", "refinement_summary", "machine_info", "map_bytes", "to_jsonable", "write_json",
+           "format_table", "print_summary", "write_tum", "read_tum"]
 
 
 def latency_stats(ms, prefix: str = "latency_ms") -> dict:
@@ -24,6 +25,17 @@ def latency_stats(ms, prefix: str = "latency_ms") -> dict:
     if x.size == 0:
         return {f"{prefix}_median": float("nan"), f"{prefix}_p95": float("nan")}
     return {f"{prefix}_median": float(np.median(x)), f"{prefix}_p95": float(np.percentile(x, 95))}
+
+
+def refinement_summary(rows) -> dict:
+    """What the refinement did over the frames where it ran: ``refinement_ran`` / ``refinement_accepted`` counts,
+    ``refinement_rejected`` (count per reason) and ``refinement_started_from`` (count per start of the kept run,
+    "prior" or "matches"). ``rows``: dicts with the status message's ``refinement_ran``, ``refinement_accepted``,
+    ``refinement_reason`` and ``refinement_init`` (frames without them did not run it)."""
+    ran = [r for r in rows if r.get("refinement_ran")]
+    return {"refinement_ran": len(ran), "refinement_accepted": sum(bool(r["refinement_accepted"]) for r in ran),
+            "refinement_rejected": dict(Counter(r["refinement_reason"] for r in ran if not r["refinement_accepted"])),
+            "refinement_started_from": dict(Counter(r["refinement_init"] for r in ran if r["refinement_accepted"]))}
 
 
 def machine_info() -> dict:
@@ -105,6 +117,7 @@ _COLUMNS = [
     ("availability %", "availability", ".1f", 100), ("false accepts %", "false_accept_rate", ".1f", 100),
     ("dropped", "dropped_frames", "d", 1), ("NEES in 95% %", "nees_inside_95", ".1f", 100),
     ("node CPU %", "node_cpu_percent", ".0f", 1), ("node RSS (MB)", "node_rss_mb", ".0f", 1),
+    ("refinement ran", "refinement_ran", "d", 1), ("refinement accepted", "refinement_accepted", "d", 1),
     ("map (MB)", "map_bytes", ".2f", 1e-6),
 ]
 

@@ -22,6 +22,7 @@ __all__ = ["EvalCollector"]
 
 _STATUS_FIELDS = ("front_end", "accepted", "reason", "inlier_count", "inlier_ratio", "weight_mass", "confidence",
                   "refinement_ran", "refinement_accepted", "refinement_iterations", "refinement_cost",
+                  "refinement_reason", "refinement_init",
                   "sigma_position_m", "sigma_rotation_deg", "latency_preprocess_ms", "latency_front_end_ms",
                   "latency_refinement_ms", "latency_total_ms", "latency_since_stamp_ms", "frames_received",
                   "frames_dropped", "frames_rejected")
