@@ -72,17 +72,11 @@ def main(argv=None) -> int:
     frames = open_dataset(args.data, frames=args.data / f"{args.split}.txt")
     refiner = FeaturemetricRefiner.from_reference(args.ref, **json.loads(args.conf))
     ref_frames = np.array([_frame_number(n) for n in refiner.ref.metadata["image_names"]])
-    poses = refiner._image_poses_np
     errors = []
     for i in tqdm(np.unique(np.linspace(0, len(frames) - 1, args.n).round().astype(int)), desc="fixed point"):
         fr = frames[int(i)]
-        hide = hidden_mask(args.hide, _frame_number(fr.name), ref_frames)
-        keep = poses[hide, :3, 3].copy()
-        poses[hide, :3, 3] = 1e6  # never a candidate view
-        try:
+        with refiner.views_hidden(hidden_mask(args.hide, _frame_number(fr.name), ref_frames)):
             res = refiner.refine(fr.image, fr.camera, fr.T_world_cam)
-        finally:
-            poses[hide, :3, 3] = keep
         T = res.T_refined if res.T_refined is not None else res.T_world_cam
         errors.append(pose_error(T, fr.T_world_cam))
     e = np.array(errors)

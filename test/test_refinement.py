@@ -296,6 +296,25 @@ def test_matching_initialisation_options_are_checked(scene, refiner):
     np.testing.assert_array_equal(res.T_world_cam, fr.T_world_cam)
 
 
+def test_hidden_views_are_never_selected_and_come_back_after_the_block(scene, refiner):
+    mapping, query, _ = scene
+    f = query[0]
+    image_of = refiner.ref.points_image.cpu().numpy()
+    used = np.unique(image_of[refiner.select_points(f.T_world_cam, f.camera)])
+    hide = np.zeros(len(refiner.ref.image_poses), bool)
+    hide[used] = True
+    with refiner.views_hidden(hide):
+        other = np.unique(image_of[refiner.select_points(f.T_world_cam, f.camera)])
+        assert len(other) > 0 and not np.isin(other, used).any()
+        with refiner.views_hidden(np.ones_like(hide)):  # nothing left to align with: a clear rejection
+            assert len(refiner.select_points(f.T_world_cam, f.camera)) == 0
+            assert refiner.refine(f.image, f.camera, f.T_world_cam).reason == "too_few_points"
+    np.testing.assert_array_equal(np.unique(image_of[refiner.select_points(f.T_world_cam, f.camera)]), used)
+    with pytest.raises(ValueError, match="one per reference image"):
+        with refiner.views_hidden(hide[:-1]):
+            pass
+
+
 def test_a_refined_pose_carries_the_refinements_confidence(scene, refiner):
     """A front-end pose with a low score that the refinement brings to the cm level is published with (at least)
     the refinement's confidence, so the node's min_confidence gate does not drop it; a higher front-end score stays."""

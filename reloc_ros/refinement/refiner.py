@@ -158,6 +158,7 @@ class FeaturemetricRefiner:
         # CPU copies for the point selection and the numba kernel
         self._points_np = np.ascontiguousarray(reference.points_xyz.cpu().numpy(), dtype=np.float64)
         self._image_poses_np = reference.image_poses.cpu().numpy().astype(np.float64)
+        self._hidden_views: np.ndarray | None = None   # see views_hidden
         self._offsets_np = reference.image_offsets.cpu().numpy().astype(np.int64)
         if self.lm_backend == "numba":
             warm_up()
@@ -188,7 +189,12 @@ class FeaturemetricRefiner:
         c = self.conf
         poses, offsets = self._image_poses_np, self._offsets_np
         score = view_distance(T[None], poses, c["angle_weight_m"])[0][0]
+        if self._hidden_views is not None:
+            score = np.where(self._hidden_views, np.inf, score)
         cand = np.argsort(score, kind="stable")[: c["num_candidates"]]
+        cand = cand[np.isfinite(score[cand])]
+        if len(cand) == 0:
+            return np.zeros(0, dtype=np.int64)
         starts, ends = offsets[cand], offsets[cand + 1]
         idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
         uv, ok = camera.project(transform_points(invert_T(T), self._points_np[idx]))
@@ -203,6 +209,20 @@ class FeaturemetricRefiner:
             return np.zeros(0, dtype=np.int64)
         k = max(1, c["max_points"] // len(chosen))
         return np.concatenate([i[:k] for i in chosen])
+
+    @contextlib.contextmanager
+    def views_hidden(self, hide: np.ndarray):
+        """Within the ``with`` block, the reference images where ``hide`` ((num images,) bool, in the reference's
+        image order) is True are never selected, e.g. to refine a mapping frame without its own image."""
+        hide = np.asarray(hide, dtype=bool)
+        if hide.shape != (len(self._image_poses_np),):
+            raise ValueError(f"hide must be ({len(self._image_poses_np)},) bool, one per reference image; "
+                             f"got shape {hide.shape}")
+        before, self._hidden_views = self._hidden_views, hide
+        try:
+            yield self
+        finally:
+            self._hidden_views = before
 
     def _level_problems(self, idx_np: np.ndarray, maps: dict, camera: Camera, weights: torch.Tensor | None):
         """The cost of each level (coarse to fine) as a function ``(T_world_cam (4, 4) float64, with_jac=True) ->
