@@ -157,6 +157,7 @@ _ROWS = [("median translation (cm)", "median_translation_m", 100, ".1f"),
          ("latency p50 (ms)", "latency_ms_median", 1, ".0f"), ("latency p95 (ms)", "latency_ms_p95", 1, ".0f"),
          ("availability (%)", "availability", 100, ".1f"), ("false accepts (%)", "false_accept_rate", 100, ".1f"),
          ("dropped frames", "dropped_frames", 1, "d"), ("NEES inside 95% (%)", "nees_inside_95", 100, ".1f"),
+         ("refinement ran", "refinement_ran", 1, "d"), ("refinement accepted", "refinement_accepted", 1, "d"),
          ("node CPU (% of a core)", "node_cpu_percent", 1, ".0f"), ("node RSS (MB)", "node_rss_mb", 1, ".0f")]
 
 

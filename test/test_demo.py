@@ -16,12 +16,13 @@ def test_demo_reports_the_failing_step(tmp_path, capsys):
 
 
 def test_summary_table_formats_both_columns():
-    table = demo.summary_table({"median_translation_m": 0.0123, "recall_5cm_5deg": 0.5},
+    table = demo.summary_table({"median_translation_m": 0.0123, "recall_5cm_5deg": 0.5, "refinement_accepted": 97},
                                {"median_translation_m": 0.02, "availability": 0.9, "dropped_frames": 3})
     lines = {line[:26].strip(): line[26:].split() for line in table.splitlines()[2:]}
     assert lines["median translation (cm)"] == ["1.2", "2.0"]
     assert lines["within 5 cm / 5 deg (%)"] == ["50.0", "-"]
     assert lines["availability (%)"] == ["-", "90.0"] and lines["dropped frames"] == ["-", "3"]
+    assert lines["refinement accepted"] == ["97", "-"]
 
 
 def test_demo_steps_on_a_given_map(demo_map_ace, demo_scene_root, tmp_path, capsys):
