@@ -145,7 +145,8 @@ def test_json_table_and_tum_round_trip(tmp_path):
 
 
 def test_refinement_summary_counts_outcomes_of_the_frames_it_ran_on():
-    rows = [{"refinement_ran": True, "refinement_accepted": True, "refinement_reason": "ok", "refinement_init": "prior"},
+    rows = [{"refinement_ran": True, "refinement_accepted": True, "refinement_reason": "ok",
+             "refinement_init": "prior"},
             {"refinement_ran": True, "refinement_accepted": True, "refinement_reason": "ok",
              "refinement_init": "matches"},
             {"refinement_ran": True, "refinement_accepted": False, "refinement_reason": "poor_alignment",
