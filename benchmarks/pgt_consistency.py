@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -64,25 +65,17 @@ def _sift_pairs(ds, stride: int, partners: int, min_gap: int) -> list[tuple[int,
     return pairs
 
 
-def _reprojection(ds, pairs, tx_m: float, depth_scale: float) -> dict:
-    """Reprojection statistics (px) of the pairs with depth registered by an x offset ``tx_m`` and ``depth_scale``."""
+def _reprojection(frames: dict, cam, poses: np.ndarray, pairs, tx_m: float, depth_scale: float) -> dict:
+    """Reprojection statistics (px) of the pairs with depth registered by an x offset ``tx_m`` and ``depth_scale``.
+    ``frames``: the first frame of every pair by index (decoded once for all registrations)."""
     T_cam_depth = np.eye(4)
     T_cam_depth[0, 3] = tx_m
-    depth_cache, poses = {}, ds.poses()
-
-    def depth(i):
-        if i not in depth_cache:
-            f = ds[i]
-            f.depth = f.depth * depth_scale
-            f.T_cam_depth = T_cam_depth
-            depth_cache[i] = registered_depth(f)
-        return depth_cache[i]
-
-    cam = ds.camera
+    depth = {i: registered_depth(replace(f, depth=f.depth * depth_scale, T_cam_depth=T_cam_depth))
+             for i, f in frames.items()}
     errs, shifts, resid = [], [], []
     for i, j, a, b in pairs:
         px = np.round(a).astype(int)
-        z = depth(i)[np.clip(px[:, 1], 0, cam.height - 1), np.clip(px[:, 0], 0, cam.width - 1)]
+        z = depth[i][np.clip(px[:, 1], 0, cam.height - 1), np.clip(px[:, 0], 0, cam.width - 1)]
         ok = z > 0
         if ok.sum() < 20:
             continue
@@ -107,9 +100,10 @@ def sift_main(args) -> dict:
     pairs = _sift_pairs(ds, args.stride, args.partners, args.min_gap)
     grid = [(tx, s) for tx in (-0.05, -0.025, 0.0, 0.025, 0.05) for s in (0.98, 1.0, 1.02)] if args.grid else \
         [(0.0, 1.0)]
+    frames = {i: ds[i] for i in sorted({pair[0] for pair in pairs})}
     rows = []
     for tx, s in tqdm(grid, desc="registrations", unit="setting"):
-        rows.append(_reprojection(ds, pairs, tx, s))
+        rows.append(_reprojection(frames, ds.camera, ds.poses(), pairs, tx, s))
         print(json.dumps(rows[-1]), flush=True)
     return {"data": str(args.data), "stride": args.stride, "partners": args.partners, "min_gap": args.min_gap,
             "results": rows}

@@ -130,7 +130,7 @@ class Localizer:
         else:
             r = self.refiner.refine(image, camera, T_start, raw_features=result.dense_features)
         result.timings_ms["refinement"] = (time.perf_counter() - t0) * 1e3
-        accepted = bool(getattr(r, "accepted", getattr(r, "success", False)))
+        accepted = bool(r.accepted)
         result.refinement = RefinementInfo(ran=True, accepted=accepted, iterations=int(r.iterations),
                                            cost_initial=float(r.cost_initial), cost_final=float(r.cost_final),
                                            reason=str(r.reason), init=r.init)
@@ -142,8 +142,7 @@ class Localizer:
             # (exp(−σ_pos / confidence_scale_m) from its covariance); a front end's higher score is kept. (Before,
             # a refined implicit pose kept the coarse pose's confidence, and the node's min_confidence dropped 30 %
             # of the refined 7-Scenes poses.)
-            result.confidence = max(result.confidence if result.success else 0.0,
-                                    float(getattr(r, "confidence", 0.5)))
+            result.confidence = max(result.confidence if result.success else 0.0, float(r.confidence))
             if not result.success:  # a refined prior
                 result.success = True
                 result.reason = "ok"

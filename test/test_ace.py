@@ -211,12 +211,19 @@ def test_cell_centers_convention():
     assert g.shape == (1, 1, 480, 640)
 
 
+# A few seconds of ACE training on four small demo frames (the training tests below).
+TINY_TRAIN_CONF = {"image_height": 120, "buffer_size": 4 * 300, "cells_per_view": 300, "head_width": 64,
+                   "batch_size": 256, "minutes": 5.0, "progress": False, "num_threads": 1}
+
+
+def _four_demo_frames(demo_scene_root):
+    return open_dataset(demo_scene_root, frames=(demo_scene_root / "mapping.txt").read_text().split()[:40:10])
+
+
 def test_iteration_capped_training_is_reproducible(demo_scene_root, tmp_path):
     """The same seed and conf train the same head, bit for bit (the schedule follows iterations, not the clock)."""
-    names = (demo_scene_root / "mapping.txt").read_text().split()[:40:10]
-    ds = open_dataset(demo_scene_root, frames=names)
-    conf = {"image_height": 120, "buffer_size": 4 * 300, "cells_per_view": 300, "head_width": 64, "batch_size": 256,
-            "max_iterations": 60, "minutes": 5.0, "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
+    ds = _four_demo_frames(demo_scene_root)
+    conf = {**TINY_TRAIN_CONF, "max_iterations": 60, "checkpoint_every_s": 0}
     heads = []
     for k in range(2):
         train(conf, ds, tmp_path / f"r{k}.map.safetensors")
@@ -227,11 +234,8 @@ def test_iteration_capped_training_is_reproducible(demo_scene_root, tmp_path):
 
 
 def test_training_resumes_from_checkpoint(demo_scene_root, tmp_path, capsys):
-    names = (demo_scene_root / "mapping.txt").read_text().split()[:40:10]
-    ds = open_dataset(demo_scene_root, frames=names)
-    conf = {"image_height": 120, "buffer_size": 4 * 300, "cells_per_view": 300, "head_width": 64, "batch_size": 256,
-            "max_iterations": 20, "minutes": 5.0, "checkpoint_every_s": 1e-9, "keep_checkpoint": True,
-            "progress": False, "num_threads": 1}
+    ds = _four_demo_frames(demo_scene_root)
+    conf = {**TINY_TRAIN_CONF, "max_iterations": 20, "checkpoint_every_s": 1e-9, "keep_checkpoint": True}
     out = tmp_path / "r.map.safetensors"
     train(conf, ds, out)
     ckpt = out.with_name(out.name + ".ckpt.pt")

@@ -523,8 +523,7 @@ class LocalizerNode(LifecycleNode):
                 s.refinement_ran, s.refinement_accepted = bool(r.ran), bool(r.accepted)
                 s.refinement_iterations = max(int(r.iterations), 0)
                 s.refinement_cost = float(r.cost_final)
-                if r.ran:
-                    s.refinement_reason, s.refinement_init = str(r.reason), str(r.init)
+                s.refinement_reason, s.refinement_init = str(r.reason), str(r.init)
             t = result.timings_ms
             s.latency_preprocess_ms = float(t.get("preprocess", 0.0))
             s.latency_front_end_ms = float(t.get("network", 0.0) + t.get("solver", 0.0))
