@@ -45,12 +45,12 @@ def main(argv=None):
     ds = open_dataset(args.data, frames=str(args.data / "mapping.txt"))
     qs = open_dataset(args.data, frames=str(args.data / "query.txt"))
     conf = {**DEFAULT_CONF, "buffer_size": args.buffer_size, "cells_per_view": args.cells_per_view,
-            "head_width": args.head_width, "max_iterations": args.iterations, "minutes": 60.0,
+            "head_width": args.head_width, "iterations": args.iterations, "minutes": 60.0,
             "checkpoint_every_s": 0, "num_threads": args.threads}
     t0 = time.perf_counter()
     buf = fill_buffer(ds, make_encoder("xfeat"), conf, np.random.default_rng(0))
     out = {"date": dt.datetime.now().isoformat(timespec="seconds"), "buffer_s": round(time.perf_counter() - t0, 1),
-           "conf": {k: conf[k] for k in ("buffer_size", "cells_per_view", "head_width", "max_iterations")},
+           "conf": {k: conf[k] for k in ("buffer_size", "cells_per_view", "head_width", "iterations")},
            "stride": args.stride}
     args.out.mkdir(parents=True, exist_ok=True)
     for std in (True, False):

@@ -82,7 +82,7 @@ def ace_overfit(root: Path, device: str, out_dir: Path):
     ds = open_dataset(root, frames=names)
     conf = {"image_height": 240, "buffer_size": 6 * 1200, "cells_per_view": 1200, "aug_rotation_deg": 0.0,
             "aug_scale": [1.0, 1.0], "aug_brightness": 0.0, "aug_contrast": 0.0, "head_width": 256,
-            "batch_size": 1024, "max_iterations": 800, "minutes": 5.0, "lr_warmup": 0.1, "clamp_max_px": 20.0,
+            "batch_size": 1024, "iterations": 800, "minutes": 5.0, "lr_warmup": 0.1, "clamp_max_px": 20.0,
             "checkpoint_every_s": 0, "progress": False, "device": device}
     out = out_dir / "ace_demo.map.safetensors"
     t0 = time.perf_counter()

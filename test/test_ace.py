@@ -11,8 +11,7 @@ from reloc_ros.frontends.ace.buffer import augment_view
 from reloc_ros.frontends.ace.encoders import (AceEncoderNet, EncoderError, cell_centers, make_encoder,
                                               rgb_to_gray_tensor)
 from reloc_ros.frontends.ace.frontend import AceFrontEnd
-from reloc_ros.frontends.ace.train import (DEFAULT_CONF, WARMUP_ITERATIONS, ace_loss, schedule, schedule_progress,
-                                          train)
+from reloc_ros.frontends.ace.train import DEFAULT_CONF, ace_loss, schedule, train
 from reloc_ros.geometry.camera import Camera
 from reloc_ros.geometry.pose import invert_T, make_T, rotation_angle_deg, so3_exp, transform_points
 from reloc_ros.map_file import load_map
@@ -118,18 +117,6 @@ def test_ace_loss_and_schedule():
     assert c0 == DEFAULT_CONF["clamp_max_px"] and c_end == c1 == DEFAULT_CONF["clamp_min_px"]
 
 
-def test_schedule_progress_follows_iterations_unless_the_run_falls_behind_its_budget():
-    # time budget only: the elapsed share
-    assert schedule_progress(10, None, 30.0, 120.0) == 0.25
-    # capped: iterations drive it, whatever the clock says early on (a paused process) or while on course
-    assert schedule_progress(0, 800, 0.5, 300.0) == 0.0
-    assert schedule_progress(WARMUP_ITERATIONS - 1, 800, 200.0, 300.0) == (WARMUP_ITERATIONS - 1) / 800
-    assert schedule_progress(400, 800, 30.0, 300.0) == 0.5
-    # behind schedule after the warm-up: the time share takes over so that the run still anneals before the budget
-    assert schedule_progress(WARMUP_ITERATIONS, 800, 150.0, 300.0) == 0.5
-    assert schedule_progress(10, 800, 301.0, 300.0) > 1.0
-
-
 @pytest.fixture(scope="module")
 def demo_map(demo_map_ace, demo_scene_root):
     """A head overfitted to 6 demo-scene mapping frames (the shared ``demo_map_ace``) and those frames."""
@@ -213,7 +200,7 @@ def test_cell_centers_convention():
 
 # A few seconds of ACE training on four small demo frames (the training tests below).
 TINY_TRAIN_CONF = {"image_height": 120, "buffer_size": 4 * 300, "cells_per_view": 300, "head_width": 64,
-                   "batch_size": 256, "minutes": 5.0, "progress": False, "num_threads": 1}
+                   "batch_size": 256, "minutes": None, "progress": False, "num_threads": 1}
 
 
 def _four_demo_frames(demo_scene_root):
@@ -223,7 +210,7 @@ def _four_demo_frames(demo_scene_root):
 def test_iteration_capped_training_is_reproducible(demo_scene_root, tmp_path):
     """The same seed and conf train the same head, bit for bit (the schedule follows iterations, not the clock)."""
     ds = _four_demo_frames(demo_scene_root)
-    conf = {**TINY_TRAIN_CONF, "max_iterations": 60, "checkpoint_every_s": 0}
+    conf = {**TINY_TRAIN_CONF, "iterations": 60, "checkpoint_every_s": 0}
     heads = []
     for k in range(2):
         train(conf, ds, tmp_path / f"r{k}.map.safetensors")
@@ -235,15 +222,41 @@ def test_iteration_capped_training_is_reproducible(demo_scene_root, tmp_path):
 
 def test_training_resumes_from_checkpoint(demo_scene_root, tmp_path, capsys):
     ds = _four_demo_frames(demo_scene_root)
-    conf = {**TINY_TRAIN_CONF, "max_iterations": 20, "checkpoint_every_s": 1e-9, "keep_checkpoint": True}
+    conf = {**TINY_TRAIN_CONF, "iterations": 20, "checkpoint_every_s": 1e-9, "keep_checkpoint": True}
     out = tmp_path / "r.map.safetensors"
     train(conf, ds, out)
     ckpt = out.with_name(out.name + ".ckpt.pt")
     assert ckpt.is_file() and out.with_name(out.name + ".buffer.pt").is_file()
     assert torch.load(ckpt, weights_only=False)["iteration"] == 20
-    train({**conf, "max_iterations": 30, "keep_checkpoint": False}, ds, out)
+    train({**conf, "iterations": 30, "keep_checkpoint": False}, ds, out)
     assert "resumed from" in capsys.readouterr().out
     _, meta = load_map(out)
     assert meta["training"]["iterations"] == 30 and not ckpt.exists()
     with pytest.raises(ValueError, match="unknown ACE training option"):
         train({"minuts": 1}, ds, out)
+
+
+def test_a_time_cap_below_the_schedule_shortens_it_and_says_so(demo_scene_root, tmp_path, capsys):
+    """A 100k-iteration schedule under a 2-second cap: the run times itself, shortens the schedule to what the cap
+    buys (no machine trains 100k iterations in 2 s), prints one warning line, and records the plan in the map."""
+    ds = _four_demo_frames(demo_scene_root)
+    out = tmp_path / "short.map.safetensors"
+    train({**TINY_TRAIN_CONF, "iterations": 100_000, "minutes": 2 / 60, "checkpoint_every_s": 0,
+           "progress": True}, ds, out)
+    captured = capsys.readouterr()
+    warning = [ln for ln in (captured.out + captured.err).splitlines() if "WARNING" in ln]
+    assert len(warning) == 1 and "shortened" in warning[0] and "100000 scheduled" in warning[0], warning
+    _, meta = load_map(out)
+    tr = meta["training"]
+    assert tr["iterations_scheduled"] == 100_000 and tr["plan"]["shortened"]
+    assert 14 <= tr["iterations"] <= tr["iterations_planned"] < 100_000
+    assert tr["precision"] in ("fp32", "bf16") and tr["precision_choice"]["requested"] == "auto"
+    json_text = out.read_bytes()
+    assert b"NaN" not in json_text[:200_000]
+
+
+@pytest.mark.parametrize("bad", [-1, 0, float("nan"), float("inf"), "soon"])
+def test_training_refuses_a_bad_minutes_cap_before_any_work(bad, tmp_path):
+    with pytest.raises(ValueError, match="minutes"):
+        train({**TINY_TRAIN_CONF, "minutes": bad}, [], tmp_path / "x.map.safetensors")
+    assert not list(tmp_path.iterdir())

@@ -319,7 +319,7 @@ def test_mapper_build_map_service_end_to_end(env, frames, tmp_path):
     out, map_path = tmp_path / "recorded", tmp_path / "quick.map.safetensors"
     quick = {"image_height": 240, "buffer_size": 3 * 1000, "cells_per_view": 1000, "aug_rotation_deg": 0.0,
              "aug_scale": [1.0, 1.0], "aug_brightness": 0.0, "aug_contrast": 0.0, "head_width": 128,
-             "batch_size": 1024, "max_iterations": 40, "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
+             "batch_size": 1024, "iterations": 40, "checkpoint_every_s": 0, "progress": False, "num_threads": 1}
     h = start_mapper(REPO / "config" / "mapper.yaml",
                      {"output_dir": str(out), "image_qos": "reliable", "map_path": str(map_path),
                       "train_minutes": 1.0, "min_translation": 0.01},

@@ -7,6 +7,8 @@
 JSON keys (the stable contract): n_queries, n_failed, median_translation_m, median_rotation_deg, recall_2cm_2deg,
 recall_5cm_5deg, recall_10cm_5deg, latency_ms_median, latency_ms_p95 (Localizer.localize wall time, image already
 decoded), latency_stage_ms_median (per stage), map_bytes (map + reference model), front_end, refine, device,
+precision (stage -> fp32/bf16/fp16, as resolved on this machine; precision_choices: why), map_training (iterations
+done / planned / scheduled, training precision; map_training_warning when under half the schedule),
 nees_inside_95 / nees_position_inside_95 (covariance consistency of the successful queries), machine, per_query.
 Python: ``evaluate(map_path, dataset, refine=False, ...) -> dict``.
 """
@@ -61,6 +63,11 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
         localizer = Localizer.from_map(map_path, device=device, refine=refine, front_end_options=front_end_options,
                                        refiner_options=refiner_options, reference=reference)
     load_s = time.perf_counter() - t_load
+    if progress:
+        for choice in localizer.precision_choices.values():
+            print(f"[reloc-eval] precision {choice.describe()}", file=sys.stderr, flush=True)
+    if localizer.training_warning:
+        print(f"[reloc-eval] WARNING: {localizer.training_warning}", file=sys.stderr, flush=True)
 
     per_query, t_errs, r_errs, lat, stages = [], [], [], [], {}
     err_vecs, covs, est_stamps, est_poses, gt_poses = [], [], [], [], []
@@ -111,6 +118,12 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     if reference is not None:
         out["reference"] = str(reference)
     out["device"] = device
+    out["precision"] = localizer.precision
+    out["precision_choices"] = {k: c.as_dict() for k, c in localizer.precision_choices.items()}
+    training = localizer.metadata.get("training") or {}
+    out["map_training"] = {k: training.get(k) for k in ("iterations", "iterations_planned", "iterations_scheduled",
+                                                        "precision", "train_seconds")}
+    out["map_training_warning"] = localizer.training_warning
     out["nees_inside_95"] = nees_inside_fraction(err_vecs, covs) if covs else float("nan")
     out["nees_position_inside_95"] = nees_inside_fraction(err_vecs, covs, position_only=True) if covs else float("nan")
     out["dataset"] = str(getattr(ds, "root", "") or dataset)

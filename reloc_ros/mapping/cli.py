@@ -125,7 +125,10 @@ def main(argv=None) -> int:
     p.add_argument("--intrinsics", type=Path, help="3x3 K file (default: rgb-intrinsics.txt in the dataset)")
     p.add_argument("--front-end", default="ace", choices=sorted(_TRAINERS))
     p.add_argument("--out", type=Path, help="map file to write (e.g. kitchen.map.safetensors)")
-    p.add_argument("--minutes", type=float, help="training time budget in minutes (front end default otherwise)")
+    p.add_argument("--minutes", type=float,
+                   help="wall-clock cap of the training in minutes (default: the front end's, ACE 10, implicit 20). "
+                        "The schedule is a number of iterations (--set iterations=N for ACE, epochs=N for implicit); "
+                        "when the cap buys fewer on this machine, the schedule is shortened with a warning")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--encoder", help="ACE encoder: xfeat | ace:PATH | disk")
     p.add_argument("--config", type=Path, help="YAML file of training options (keys of --show-config)")

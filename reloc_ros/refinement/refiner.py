@@ -22,7 +22,7 @@ from ..geometry.camera import Camera
 from ..geometry.pose import (covariance_right_to_world, invert_T, position_confidence, rotation_angle_deg,
                              se3_exp_right, transform_points, view_distance)
 from ..geometry.projection_torch import camera_params_torch
-from ..precision import autocast_context
+from ..precision import autocast_context, resolve_precision
 from .featuremetric import LevelCost, evaluate_level
 from .featuremetric_cpu import evaluate_level_cpu, warm_up
 from .features import XFeatPyramid, rgb_to_gray
@@ -69,10 +69,11 @@ DEFAULT_REFINER_CONF = {
     # Where the LM cost and normal equations are evaluated: "numba" (a fused CPU kernel, featuremetric_cpu.py,
     # ~10x faster than torch on a CPU), "torch" (featuremetric.py; any device), "auto" = numba on CPU, else torch.
     "lm_backend": "auto",
-    # Precision of the query's own XFeat pass (when the front end does not share its levels): "fp32" | "bf16" |
-    # "fp16" (CUDA). The ACE front end shares levels computed in its encoder_precision (bf16 by default).
-    # 7-Scenes, implicit front end, 400 queries: bf16 the same recalls as fp32 (±1 query), 34 -> 25 ms.
-    "feature_precision": "bf16",
+    # Precision of the query's own XFeat pass (when the front end does not share its levels): "auto" (bf16 only
+    # where measured faster, precision.py) | "fp32" | "bf16" | "fp16" (CUDA). The ACE front end shares levels
+    # computed in its encoder_precision. 7-Scenes, implicit front end, 400 queries, AMX CPU: bf16 the same recalls
+    # as fp32 (±1 query), 34 -> 25 ms; an AVX2-only CPU runs bf16 ~40x slower than fp32.
+    "feature_precision": "auto",
     # Use the reference's estimated per-point weights (multi-view feature consistency, point_weights.py) when it
     # has them and the caller passes none.
     "use_point_weights": True,
@@ -155,6 +156,7 @@ class FeaturemetricRefiner:
         if net is not None and not set(self.map_levels) <= set(net.levels):
             raise ValueError(f"the given feature network computes {net.levels}, not all of {self.map_levels}")
         self.net = (net or XFeatPyramid(self.map_levels)).to(self.device)
+        self.precision = {"refiner_features": self._resolve_feature_precision()}
         # CPU copies for the point selection and the numba kernel
         self._points_np = np.ascontiguousarray(reference.points_xyz.cpu().numpy(), dtype=np.float64)
         self._image_poses_np = reference.image_poses.cpu().numpy().astype(np.float64)
@@ -162,6 +164,14 @@ class FeaturemetricRefiner:
         self._offsets_np = reference.image_offsets.cpu().numpy().astype(np.int64)
         if self.lm_backend == "numba":
             warm_up()
+
+    def _resolve_feature_precision(self):
+        """The query XFeat pass's ``PrecisionChoice`` (probed at 480×640, the size of the maps' images)."""
+        def run():
+            with torch.inference_mode():
+                self.net(torch.zeros(1, 1, 480, 640, device=self.device))
+        return resolve_precision(self.conf["feature_precision"], self.device, "refiner_features", run,
+                                 "x".join(self.map_levels) + "_480x640")
 
     @staticmethod
     def _check_match_init(mode) -> None:
@@ -178,7 +188,8 @@ class FeaturemetricRefiner:
         """Query feature maps: level -> (h, w, D) PCA-reduced, L2-normalised, channels-last. ``raw``: the XFeat
         levels of this image computed elsewhere (same grayscale conversion and resolution: see ``Localizer``), else they are computed here."""
         if raw is None:
-            with torch.inference_mode(), autocast_context(self.device.type, self.conf["feature_precision"]):
+            with torch.inference_mode(), autocast_context(self.device.type,
+                                                               self.precision["refiner_features"].precision):
                 raw = {lv: v.float() for lv, v in self.net(rgb_to_gray(image, self.ref.gray, self.device)).items()}
         return self.ref.query_maps(raw, self.map_levels)
 

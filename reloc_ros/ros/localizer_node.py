@@ -237,6 +237,10 @@ class LocalizerNode(LifecycleNode):
         want = str(self.p("front_end"))
         if want and loc.front_end_name != want:
             raise ValueError(f"front_end is {want!r} but {path} holds a {loc.front_end_name!r} map")
+        for choice in loc.precision_choices.values():
+            self.get_logger().info(f"precision {choice.describe()}")
+        if loc.training_warning:
+            self.get_logger().warn(loc.training_warning)
         return loc
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -570,6 +574,8 @@ class LocalizerNode(LifecycleNode):
                 "frames_received": str(self.frames_received), "frames_dropped": str(self.frames_dropped),
                 "frames_rejected": str(self.frames_rejected), "frames_accepted": str(self.frames_accepted),
                 "front_end": self.localizer.front_end_name if self.localizer is not None else "",
+                "precision": json.dumps(self.localizer.precision if self.localizer is not None else {},
+                                        sort_keys=True),
                 "reasons": json.dumps(dict(self.counters), sort_keys=True)}
         st.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray(status=[st])

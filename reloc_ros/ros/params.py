@@ -118,7 +118,8 @@ MAPPER_PARAMS = [
     Param("map_path", "", "Map file written by ~/build_map; empty = <output_dir>/map.safetensors."),
     Param("front_end", "ace", "Front end trained by ~/build_map.", choices=("implicit", "ace")),
     Param("device", "cpu", "Torch device for ~/build_map."),
-    Param("train_minutes", 5.0, "Training time budget of ~/build_map (minutes).", min=0.0),
+    Param("train_minutes", 5.0, "Wall-clock cap of ~/build_map's training (minutes): the front end's iteration schedule is shortened, with a "
+          "warning, to what the cap buys on this machine.", min=0.0),
     Param("build_reference", True, "Also build the refinement reference model in ~/build_map: reference points "
           "triangulated with pycolmap from the recorded poses (the recorder writes colour only), or back-projected "
           "from registered depth (<frame>.depth.png, uint16 mm) when every recorded frame has it. Needs a few dozen "

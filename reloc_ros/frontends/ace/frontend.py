@@ -9,7 +9,7 @@ import torch
 
 from ...estimators.pnp import pnp_ransac
 from ...geometry.camera import Camera
-from ...precision import autocast_context
+from ...precision import autocast_context, resolve_precision
 from ..base import LocalizationResult
 from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor
 from .head import SceneCoordinateHead
@@ -29,9 +29,11 @@ DEFAULT_OPTIONS = {
                                # reliability top-2000 lost 6 points of 10cm/5° recall on 7-Scenes: RESULTS_ace.md)
     "cell_stride": 2,          # 2: a checkerboard of the cells (half of them, uniform coverage) goes to the head and
                                # RANSAC; 1 = all cells. 7-Scenes, 400 queries: the same accuracy, 15 ms less
-    "encoder_precision": "bf16",  # encoder autocast: "fp32" (as the training buffer) | "bf16" | "fp16" (CUDA);
-                               # bf16: the same accuracy as fp32 on 7-Scenes (400 queries), 6 ms less (RESULTS_ace.md)
-    "head_precision": "bf16",  # head autocast (training default is bf16): "fp32" | "bf16" | "fp16" (CUDA)
+    "encoder_precision": "auto",  # encoder autocast: "auto" (measured: bf16 only where it is faster, precision.py) |
+                               # "fp32" (as the training buffer) | "bf16" | "fp16" (CUDA). On an AMX CPU bf16 has the
+                               # same accuracy as fp32 on 7-Scenes (400 queries), 6 ms less (RESULTS_ace.md); on an
+                               # AVX2-only CPU it is ~40x slower
+    "head_precision": "auto",  # head autocast: "auto" | "fp32" | "bf16" | "fp16" (CUDA)
     "confidence_inliers": 300, # inliers (counted over all cells) at which the confidence saturates (``_confidence``)
     "encoder_weights": None,   # overrides the ACE encoder weights path stored in the map
     # The PnP covariance σ²(JᵀJ)⁻¹ treats the ~4800 reprojection residuals as independent; scene-coordinate errors
@@ -59,6 +61,27 @@ class AceFrontEnd:
         self.feature_mean = feature_mean.float().to(self.device)
         self.feature_std = feature_std.float().to(self.device)
         self.image_height = int(image_height)
+        self.precision = self._resolve_precisions()
+
+    def _resolve_precisions(self) -> dict:
+        """``{"ace_encoder": PrecisionChoice, "ace_head": ...}`` for the encoder and head options (probed on a
+        4:3 image of the map's height and the cells the head then sees)."""
+        h = self.image_height // 8 * 8
+        w = int(round(self.image_height * 4 / 3)) // 8 * 8
+        n_cells = max((h // 8) * (w // 8) // int(self.options["cell_stride"]), 1)
+
+        def encoder_run():
+            with torch.inference_mode():
+                self.encoder(torch.zeros(1, 1, h, w, device=self.device))
+
+        def head_run():
+            with torch.inference_mode():
+                self.head(torch.randn(n_cells, self.head.in_dim, device=self.device))
+
+        return {"ace_encoder": resolve_precision(self.options["encoder_precision"], self.device, "ace_encoder",
+                                                 encoder_run, f"{self.encoder.spec}_{h}x{w}"),
+                "ace_head": resolve_precision(self.options["head_precision"], self.device, "ace_head", head_run,
+                                              f"w{self.head.width}_n{n_cells}")}
 
     def share_levels(self, levels, gray: str) -> bool:
         """Also compute the XFeat ``levels`` (grayscale ``gray``) in the encoder pass, for the refinement to reuse
@@ -107,7 +130,7 @@ class AceFrontEnd:
             image = cv2.resize(image, (cam.width, cam.height), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         gray = rgb_to_gray_tensor(image, self.device)
         t1 = time.perf_counter()
-        with autocast_context(self.device, self.options["encoder_precision"]):
+        with autocast_context(self.device, self.precision["ace_encoder"].precision):
             f, score = self.encoder(gray)
         if shared is not None and abs(s - 1) <= 1e-9 and image.shape[0] % 8 == 0 and image.shape[1] % 8 == 0:
             shared.update({lv: v.float() for lv, v in getattr(self.encoder, "last_levels", {}).items()})
@@ -134,7 +157,7 @@ class AceFrontEnd:
                 uv = uv[sel.cpu().numpy()]
             sc = sc.cpu().numpy()
         x = (f - self.feature_mean) / self.feature_std
-        with autocast_context(self.device, self.options["head_precision"]):
+        with autocast_context(self.device, self.precision["ace_head"].precision):
             X = self.head(x)
         X = X.float().cpu().numpy().astype(np.float64)
         t3 = time.perf_counter()

@@ -1,19 +1,23 @@
 """ACE mapping: fill a buffer of frozen-encoder features from augmented posed images, then train the scene head with
-ACE's reprojection loss under a time budget, and write the map file.
+ACE's reprojection loss for a scheduled number of iterations (``minutes`` only as a cap), and write the map file.
 
 Loss (ACE, Brachmann et al. 2023): a prediction ``X`` for a cell at pixel ``u`` of a view with ``K``,
 ``T_cam_world`` is *valid* if its camera depth is in ``[depth_min, depth_max]`` and its reprojection error
 ``e = ‖π(K·X_cam) − u‖₁ < repro_hard_clamp_px``; valid cells cost ``τ·tanh(e/τ)`` with the soft clamp ``τ`` annealed
 from ``clamp_max_px`` to ``clamp_min_px``; invalid cells cost ``‖X_cam − depth_target·K⁻¹[u, 1]‖₁``.
 
-Schedules run on *progress* ``p`` ∈ [0, 1]. Without ``max_iterations`` it is the elapsed share of the training
-time budget. With ``max_iterations`` it is ``iteration / max_iterations``, so that a run with the same seed, buffer
-and thread count trains the same head, unless the run falls behind the time budget (after ``WARMUP_ITERATIONS``
-its elapsed share exceeds the iteration share), when the larger of the two takes over (see ``schedule_progress``).
+Budget (``training_budget.py``): the schedule is ``iterations`` long. After ``TIMING_ITERATIONS`` iterations the run
+knows its speed, prints the ETA, and when the ``minutes`` cap (buffer included) buys fewer iterations it shortens
+the schedule to those (one warning line with the expected accuracy cost), so that it still warms up and anneals.
+Schedules run on *progress* ``p = iteration / planned`` ∈ [0, 1]: a run with the same seed, buffer, thread count
+and plan trains the same head. Only if the run later falls behind its cap (a machine that became loaded) does the clock take
+over (``training_budget.schedule_progress``). ``minutes: None`` trains the full schedule without a cap.
 The learning rate is a one-cycle (linear warm-up ``lr_min → lr_max`` until
 ``lr_warmup``, cosine to ~0 at p = 1) and the clamp a cosine from ``clamp_max_px`` to ``clamp_min_px`` reached at
 ``clamp_anneal_end`` (< 1: the findings note showed that annealing the clamp with the LR leaves it high until the LR
 is nearly zero).
+Precision (``precision.py``): "auto" measures the head's training step in fp32 and bf16 on this machine and takes
+bf16 only where it is faster (AMX CPUs, GPUs); AVX2-only CPUs train in fp32 (bf16 is ~35x slower there).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from ...map_file import atomic_torch_save, save_map
-from ...precision import autocast_context
+from ...precision import autocast_context, resolve_precision
+from ...training_budget import check_minutes, expected_recall, plan_training, schedule_progress
 from .buffer import TrainingBuffer, fill_buffer
 from .encoders import make_encoder
 from .head import SceneCoordinateHead
@@ -64,11 +69,14 @@ DEFAULT_CONF: dict = {
     "depth_target": 10.0,          # m, invalid predictions are pulled to this depth on the pixel ray
     "repro_hard_clamp_px": 1000.0, # reprojection error above which a prediction is invalid
     # budget and runtime
-    "minutes": 10.0,               # total wall-clock budget (buffer + training); training stops when it is spent
+    "iterations": 9600,            # the schedule: training iterations (7-Scenes redkitchen: 9573 it -> 92 % within
+                                   # 10 cm/5°, 4586 -> 86.5 %; ACE_RECALL_BY_ITERATIONS)
+    "minutes": 10.0,               # wall-clock cap (buffer + training; None: no cap). When it buys fewer
+                                   # iterations than the schedule, the schedule is shortened to them (with a warning)
     "buffer_max_fraction": 0.4,    # the buffer stops filling (smaller than buffer_size) once this share of the
-                                   # budget is spent, so that a short or loaded run still leaves time to train
-    "max_iterations": None,        # optional cap on training iterations (None: time budget only)
-    "precision": "bf16",           # "fp32" | "bf16" (CPU/CUDA autocast) | "fp16" (CUDA autocast + grad scaler)
+                                   # cap is spent, so that a short or loaded run still leaves time to train
+    "precision": "auto",           # "auto" (measured: bf16 only where faster, precision.py) | "fp32" | "bf16" |
+                                   # "fp16" (CUDA autocast + grad scaler)
     "device": "cpu",
     "num_threads": None,           # torch CPU threads during mapping (None: leave torch's setting; restored after)
     "seed": 0,
@@ -79,19 +87,10 @@ DEFAULT_CONF: dict = {
 }
 
 
-WARMUP_ITERATIONS = 50   # iterations before a time-bound run may take the schedule over from max_iterations
-
-
-def schedule_progress(iteration: int, max_iterations: int | None, elapsed_s: float, budget_s: float) -> float:
-    """Schedule progress in [0, 1] (see the module docstring). A pause of the process early in a run (a loaded
-    machine) does not change the schedule of an iteration-capped run, which is what keeps it reproducible."""
-    p_time = elapsed_s / budget_s
-    if not max_iterations:
-        return p_time
-    p_it = iteration / int(max_iterations)
-    if p_time >= 1.0 or (iteration >= WARMUP_ITERATIONS and p_time > p_it):
-        return max(p_time, p_it)
-    return p_it
+TIMING_ITERATIONS = 12   # iterations timed (after 2 warm-up ones) before the plan is made
+# Measured accuracy of the default head on 7-Scenes redkitchen query.txt (dSLAM poses, share within 10 cm / 5°, %)
+# after so many iterations (benchmarks/RESULTS_ace.md): the warning's expected cost of a shortened schedule.
+ACE_RECALL_BY_ITERATIONS = [(1299, 64.5), (4586, 86.5), (9573, 92.0)]
 
 
 def schedule(p: float, conf: dict) -> tuple[float, float]:
@@ -126,7 +125,8 @@ def ace_loss(X_world: torch.Tensor, uv: torch.Tensor, K: torch.Tensor, T_cam_wor
 
 
 def train(conf: dict, dataset, out_path: str | os.PathLike, buffer: TrainingBuffer | None = None) -> Path:
-    """Map a scene: buffer → head training (time budget ``conf['minutes']``) → ``save_map(out_path)``.
+    """Map a scene: buffer → head training (``conf['iterations']``, capped by ``conf['minutes']``) →
+    ``save_map(out_path)``.
 
     dataset: Sequence of posed ``Frame``s with ``.poses()``. Resumes from ``<out>.ckpt.pt`` when ``conf['resume']``
     and the checkpoint's conf matches. ``buffer``: a ready ``TrainingBuffer`` (e.g. from ``fill_buffer``, for
@@ -136,6 +136,9 @@ def train(conf: dict, dataset, out_path: str | os.PathLike, buffer: TrainingBuff
     if unknown:
         raise ValueError(f"unknown ACE training option(s) {unknown}; known: {sorted(DEFAULT_CONF)}")
     conf = {**DEFAULT_CONF, **conf}
+    conf["minutes"] = check_minutes(conf["minutes"], "ACE training option 'minutes'")
+    if not isinstance(conf["iterations"], int) or isinstance(conf["iterations"], bool) or conf["iterations"] < 1:
+        raise ValueError(f"ACE training option 'iterations' must be an integer >= 1, got {conf['iterations']!r}")
     t_start = time.perf_counter()
     out_path = Path(out_path)
     device = str(conf["device"])
@@ -148,8 +151,117 @@ def train(conf: dict, dataset, out_path: str | os.PathLike, buffer: TrainingBuff
         torch.set_num_threads(threads_before)
 
 
+def _buffer_signature(conf: dict) -> dict:
+    return {k: conf[k] for k in ("encoder", "image_height", "buffer_size", "cells_per_view", "aug_rotation_deg",
+                                 "aug_scale", "aug_brightness", "aug_contrast", "seed")}
+
+
+def _load_checkpoint(conf: dict, ckpt_path: Path) -> dict | None:
+    if not (conf["resume"] and ckpt_path.is_file()):
+        return None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt.get("buffer_sig") != _buffer_signature(conf) or ckpt.get("head_config") is None \
+            or "iterations_planned" not in ckpt:
+        print(f"[ace] checkpoint {ckpt_path} was made with other options; starting over", flush=True)
+        return None
+    return ckpt
+
+
+def _get_buffer(conf, dataset, encoder, rng, device, buf_path: Path, ckpt, deadline: float | None, budget_s):
+    """The training buffer: given, from the checkpoint's buffer file, or filled now (and saved for resuming)."""
+    sig = _buffer_signature(conf)
+    if ckpt is not None and buf_path.is_file():
+        bd = torch.load(buf_path, map_location="cpu", weights_only=True)
+        if bd.get("sig") == repr(sig):
+            return TrainingBuffer(**{k: bd[k] for k in ("features", "uv", "view", "K", "T_cam_world")})
+    buffer = fill_buffer(dataset, encoder, conf, rng, device, bool(conf["progress"]), deadline=deadline)
+    if conf["checkpoint_every_s"] and (conf["keep_checkpoint"] or budget_s is None or budget_s > 120):
+        atomic_torch_save({**buffer.state_dict(), "sig": repr(sig)}, buf_path)
+    return buffer
+
+
+def _feature_stats(feats: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if not standardize:
+        return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
+    f32 = feats[torch.randperm(len(feats))[:200_000]].float()
+    return f32.mean(0), f32.std(0).clamp_min(1e-6)
+
+
+def _make_optimizer(head: torch.nn.Module, conf: dict) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.AdamW(head.parameters(), lr=conf["lr_min"], weight_decay=conf["weight_decay"], fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(head.parameters(), lr=conf["lr_min"], weight_decay=conf["weight_decay"])
+
+
+def _resolve_training_precision(conf: dict, head: SceneCoordinateHead, device: str):
+    """The head training step's ``PrecisionChoice``, probed on a scratch copy of the head at the real batch."""
+    bs = int(conf["batch_size"])
+
+    def step():
+        scratch = SceneCoordinateHead(head.in_dim, head.width, head.num_blocks, head.homogeneous).to(device)
+        scratch(torch.randn(bs, head.in_dim, device=device)).float().square().mean().backward()
+
+    return resolve_precision(conf["precision"], device, "ace_train", step, f"w{head.width}_nb{head.num_blocks}_b{bs}")
+
+
+class _Trainer:
+    """The head's optimisation loop state: one ``step(p)`` per iteration on the next batch of the buffer."""
+
+    def __init__(self, head, opt, buffer: TrainingBuffer, f_mean, f_std, conf: dict, device: str, precision: str,
+                 it: int):
+        self.head, self.opt, self.conf, self.device, self.precision = head, opt, conf, device, precision
+        self.feats, self.uv = buffer.features.to(device), buffer.uv.to(device)
+        self.view, self.K, self.T = buffer.view.to(device), buffer.K.to(device), buffer.T_cam_world.to(device)
+        self.mean, self.std = f_mean.to(device), f_std.to(device)
+        self.n = len(self.feats)
+        self.bs = min(int(conf["batch_size"]), self.n)
+        self.gen = torch.Generator(device="cpu").manual_seed(int(conf["seed"]) + it)
+        self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def step(self, p: float) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """One iteration at schedule progress ``p``; returns (loss, valid mask, lr, clamp)."""
+        lr, clamp = schedule(p, self.conf)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if self.pos + self.bs > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.pos:self.pos + self.bs].to(self.device)
+        self.pos += self.bs
+        x = (self.feats[idx].float() - self.mean) / self.std
+        v = self.view[idx]
+        with autocast_context(self.device, self.precision):
+            X = self.head(x)
+        loss, valid = ace_loss(X.float(), self.uv[idx], self.K[v], self.T[v], clamp, self.conf)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        return loss, valid, lr, clamp
+
+
+def _plan_message(plan, precision: str, conf: dict) -> str:
+    """The ETA line, and the one-line warning with the expected accuracy cost when the cap shortens the plan."""
+    rate = f"{plan.s_per_iteration * 1e3:.0f} ms/it ({precision})"
+    if not plan.shortened:
+        return f"[ace] training {plan.planned} iterations at {rate}: ETA {plan.eta_s / 60:.1f} min"
+    full = expected_recall(plan.scheduled, ACE_RECALL_BY_ITERATIONS)
+    got = expected_recall(plan.planned, ACE_RECALL_BY_ITERATIONS)
+    cost = (f"expect ~{got:.0f} % instead of ~{full:.0f} % of 7-Scenes queries within 10 cm/5°"
+            if got is not None and full is not None else "expect much lower accuracy")
+    need = conf["minutes"] * plan.scheduled / max(plan.planned, 1)
+    return (f"[ace] WARNING: the {conf['minutes']:g}-min cap buys {plan.planned} of the {plan.scheduled} scheduled "
+            f"iterations at {rate}; the schedule is shortened to {plan.planned}: {cost} "
+            f"(about --minutes {math.ceil(need)} trains the full schedule)")
+
+
 def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buffer) -> Path:
-    budget_s = float(conf["minutes"]) * 60.0
+    budget_s = None if conf["minutes"] is None else conf["minutes"] * 60.0
     ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
     buf_path = out_path.with_name(out_path.name + ".buffer.pt")
     torch.manual_seed(int(conf["seed"]))
@@ -159,92 +271,68 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
         raise ValueError("device 'cuda' requested but CUDA is not available")
 
     encoder = make_encoder(conf["encoder"], device)
-    sig = {k: conf[k] for k in ("encoder", "image_height", "buffer_size", "cells_per_view", "aug_rotation_deg",
-                                "aug_scale", "aug_brightness", "aug_contrast", "seed")}
-    ckpt = None
-    if conf["resume"] and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("buffer_sig") != sig or ckpt.get("head_config") is None:
-            print(f"[ace] checkpoint {ckpt_path} was made with other options; starting over", flush=True)
-            ckpt = None
-    if buffer is None and ckpt is not None and buf_path.is_file():
-        bd = torch.load(buf_path, map_location="cpu", weights_only=True)
-        if bd.get("sig") == repr(sig):
-            buffer = TrainingBuffer(**{k: bd[k] for k in ("features", "uv", "view", "K", "T_cam_world")})
+    ckpt = _load_checkpoint(conf, ckpt_path)
     if buffer is None:
-        deadline = t_start + float(conf["buffer_max_fraction"]) * budget_s
-        buffer = fill_buffer(dataset, encoder, conf, rng, device, progress, deadline=deadline)
-        if conf["checkpoint_every_s"] and (conf["keep_checkpoint"] or budget_s > 120):
-            atomic_torch_save({**buffer.state_dict(), "sig": repr(sig)}, buf_path)
+        deadline = None if budget_s is None else t_start + float(conf["buffer_max_fraction"]) * budget_s
+        buffer = _get_buffer(conf, dataset, encoder, rng, device, buf_path, ckpt, deadline, budget_s)
     t_buffer = time.perf_counter() - t_start
 
     feats = buffer.features
-    if conf["standardize_features"]:
-        f32 = feats[torch.randperm(len(feats))[:200_000]].float()
-        f_mean, f_std = f32.mean(0), f32.std(0).clamp_min(1e-6)
-    else:
-        f_mean, f_std = torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
+    f_mean, f_std = _feature_stats(feats, conf["standardize_features"])
     poses = dataset.poses()
     ok = np.all(np.isfinite(poses.reshape(len(poses), -1)), 1)
     scene_mean = torch.as_tensor(poses[ok][:, :3, 3].mean(0), dtype=torch.float32)
-
     head = SceneCoordinateHead(feats.shape[1], conf["head_width"], conf["head_blocks"], conf["homogeneous"],
                                scene_mean).to(device)
-    try:
-        opt = torch.optim.AdamW(head.parameters(), lr=conf["lr_min"], weight_decay=conf["weight_decay"], fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(head.parameters(), lr=conf["lr_min"], weight_decay=conf["weight_decay"])
-    it, train_s = 0, 0.0
+    opt = _make_optimizer(head, conf)
+    choice = _resolve_training_precision(conf, head, device)
+    if progress:
+        print(f"[ace] precision {choice.describe()}", flush=True)
+    it, train_s, planned = 0, 0.0, None
     if ckpt is not None:
         head.load_state_dict(ckpt["head"])
         opt.load_state_dict(ckpt["opt"])
         it, train_s = int(ckpt["iteration"]), float(ckpt["train_seconds"])
+        # the same schedule continues its plan; a longer (or shorter) one is planned again from here
+        planned = ckpt["iterations_planned"] if ckpt["iterations_scheduled"] == conf["iterations"] else None
         f_mean, f_std = ckpt["feature_mean"], ckpt["feature_std"]
-        print(f"[ace] resumed from {ckpt_path} at iteration {it} ({train_s:.0f} s trained)", flush=True)
-        # the budget covers the remaining training time as planned by the first run
-        budget_s = t_buffer + float(ckpt["train_budget_s"])
-    train_budget = max(budget_s - t_buffer, 1.0) if ckpt is None else float(ckpt["train_budget_s"])
-    max_it = conf["max_iterations"]
-    scaler = torch.amp.GradScaler("cuda") if conf["precision"] == "fp16" else None
+        print(f"[ace] resumed from {ckpt_path} at iteration {it} of {planned or conf['iterations']} "
+              f"({train_s:.0f} s trained)", flush=True)
+    # the cap on training time: what the budget leaves after the buffer (a resumed run keeps its first plan)
+    planned_budget = None if ckpt is None else ckpt.get("train_budget_s")
+    train_budget = None if budget_s is None else (
+        float(planned_budget) if planned_budget is not None else max(budget_s - t_buffer, 1.0))
+    trainer = _Trainer(head, opt, buffer, f_mean, f_std, conf, device, choice.precision, it)
+    loop = _run_loop(trainer, conf, it, train_s, planned, train_budget, ckpt_path, f_mean, f_std, choice)
+    return _write_ace_map(out_path, conf, encoder, head, feats, f_mean, f_std, scene_mean, ok, t_buffer, loop,
+                          choice, (ckpt_path, buf_path))
 
-    feats_d = feats.to(device)
-    uv_d, view_d = buffer.uv.to(device), buffer.view.to(device)
-    K_d, T_d = buffer.K.to(device), buffer.T_cam_world.to(device)
-    mean_d, std_d = f_mean.to(device), f_std.to(device)
-    n = len(feats)
-    bs = min(int(conf["batch_size"]), n)
-    gen = torch.Generator(device="cpu").manual_seed(int(conf["seed"]) + it)
-    perm, pos = torch.randperm(n, generator=gen), 0
-    head.train()
-    bar = tqdm(desc="ACE head", unit="it", disable=not progress, mininterval=2.0)
+
+def _run_loop(trainer: _Trainer, conf: dict, it: int, train_s: float, planned: int | None, train_budget,
+              ckpt_path: Path, f_mean, f_std, choice) -> dict:
+    """Train until the plan is done (first timing ``TIMING_ITERATIONS`` to make it); returns the loop's record."""
+    progress = bool(conf["progress"])
+    scheduled = int(conf["iterations"])
+    bar = tqdm(desc="ACE head", unit="it", total=planned or scheduled, initial=it, disable=not progress,
+               mininterval=2.0)
     last_ckpt = time.perf_counter()
     t0 = time.perf_counter() - train_s
     stats = {"loss": float("nan"), "valid": float("nan")}
-
+    plan, t_timing, timing_from = None, None, it + 2
     while True:
-        p = schedule_progress(it, max_it, time.perf_counter() - t0, train_budget)
+        if planned is None and it == timing_from:
+            t_timing = time.perf_counter()
+        if planned is None and it == timing_from + TIMING_ITERATIONS:
+            s_per_it = (time.perf_counter() - t_timing) / TIMING_ITERATIONS
+            cap = None if train_budget is None else train_budget - (time.perf_counter() - t0)
+            plan = plan_training(scheduled, s_per_it, cap, done=it)
+            planned = plan.planned
+            bar.total = planned
+            tqdm.write(_plan_message(plan, choice.precision, conf))
+        p = schedule_progress(it, planned or scheduled, time.perf_counter() - t0, train_budget)
         if p >= 1.0:
             break
-        lr, clamp = schedule(p, conf)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos:pos + bs].to(device)
-        pos += bs
-        x = (feats_d[idx].float() - mean_d) / std_d
-        v = view_d[idx]
-        with autocast_context(device, conf["precision"]):
-            X = head(x)
-        loss, valid = ace_loss(X.float(), uv_d[idx], K_d[v], T_d[v], clamp, conf)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        loss, valid, lr, clamp = trainer.step(p)
         it += 1
         if it % 50 == 0:
             stats = {"loss": float(loss.detach()), "valid": float(valid.float().mean())}
@@ -252,18 +340,30 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
                             lr=f"{lr:.1e}")
         bar.update(1)
         now = time.perf_counter()
-        if conf["checkpoint_every_s"] and now - last_ckpt > float(conf["checkpoint_every_s"]):
-            atomic_torch_save({"head": head.state_dict(), "opt": opt.state_dict(), "iteration": it,
-                                "train_seconds": now - t0, "train_budget_s": train_budget, "buffer_sig": sig,
-                                "head_config": head.config(), "feature_mean": f_mean, "feature_std": f_std}, ckpt_path)
+        if conf["checkpoint_every_s"] and planned is not None and now - last_ckpt > float(conf["checkpoint_every_s"]):
+            atomic_torch_save({"head": trainer.head.state_dict(), "opt": trainer.opt.state_dict(), "iteration": it,
+                               "train_seconds": now - t0, "train_budget_s": train_budget,
+                               "buffer_sig": _buffer_signature(conf), "head_config": trainer.head.config(),
+                               "iterations_scheduled": scheduled, "iterations_planned": planned,
+                               "feature_mean": f_mean, "feature_std": f_std}, ckpt_path)
             last_ckpt = now
     bar.close()
-    train_s = time.perf_counter() - t0
+    return {"iterations": it, "iterations_planned": int(planned or it), "iterations_scheduled": scheduled,
+            "train_seconds": time.perf_counter() - t0, "stats": stats, "plan": None if plan is None else plan.as_dict(),
+            "n_buffer": trainer.n}
 
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def _write_ace_map(out_path: Path, conf, encoder, head, feats, f_mean, f_std, scene_mean, ok, t_buffer, loop: dict,
+                   choice, temp_files) -> Path:
     tensors = {f"head.{k}": v.detach().to(torch.float16) if v.is_floating_point() and k != "mean" else v.detach()
                for k, v in head.state_dict().items()}
     tensors["feature_mean"] = f_mean.float()
     tensors["feature_std"] = f_std.float()
+    train_s, stats = loop["train_seconds"], loop["stats"]
     metadata = {
         "front_end": "ace",
         "encoder": encoder.spec if encoder.name == "ace" else encoder.name,
@@ -272,16 +372,21 @@ def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buf
         "image_height": int(conf["image_height"]),
         "head": head.config(),
         "scene_mean": scene_mean.tolist(),
-        "training": {"iterations": it, "train_seconds": round(train_s, 1), "buffer_seconds": round(t_buffer, 1),
-                     "buffer_size": n, "n_frames": int(ok.sum()), "final_loss": stats["loss"],
-                     "final_valid_fraction": stats["valid"], "precision": conf["precision"], "device": device,
+        "training": {"iterations": loop["iterations"], "iterations_planned": loop["iterations_planned"],
+                     "iterations_scheduled": loop["iterations_scheduled"], "plan": loop["plan"],
+                     "train_seconds": round(train_s, 1), "buffer_seconds": round(t_buffer, 1),
+                     "buffer_size": loop["n_buffer"], "n_frames": int(ok.sum()),
+                     "final_loss": _finite_or_none(stats["loss"]),
+                     "final_valid_fraction": _finite_or_none(stats["valid"]), "precision": choice.precision,
+                     "precision_choice": choice.as_dict(), "device": str(conf["device"]),
                      "conf": {k: v for k, v in conf.items() if k not in ("device", "progress")}},
     }
     path = save_map(out_path, tensors, metadata)
     if not conf["keep_checkpoint"]:
-        for p_ in (ckpt_path, buf_path):
+        for p_ in temp_files:
             if p_.exists():
                 p_.unlink()
-    if progress:
-        print(f"[ace] {it} iterations in {train_s:.0f} s (+{t_buffer:.0f} s buffer) -> {path}", flush=True)
+    if conf["progress"]:
+        print(f"[ace] {loop['iterations']} iterations in {train_s:.0f} s (+{t_buffer:.0f} s buffer) -> {path}",
+              flush=True)
     return path

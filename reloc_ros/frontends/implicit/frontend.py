@@ -29,6 +29,7 @@ from ...geometry.camera import Camera, InvalidCameraError
 from ...geometry.kabsch import DegenerateWeightsError
 from ...geometry.pose import covariance_right_to_world, make_T, position_confidence
 from ...map_file import MapFileError, load_map
+from ...precision import autocast_context, resolve_precision
 from ..base import LocalizationResult
 from .model import ImplicitPoseNet, camera_rays, normalize_images
 from .train import IMPLICIT_MAP_VERSION, model_conf_keys
@@ -84,7 +85,8 @@ def pose_covariance(R: np.ndarray, t: np.ndarray, P: np.ndarray, Q: np.ndarray, 
 class ImplicitFrontEnd:
     """Front end A. Build with ``from_map`` (or ``load_implicit_map``); ``localize(image, camera)``.
 
-    Options: ``bf16`` (autocast the network; ~1.5× faster on AMX CPUs), ``channels_last`` (default True),
+    Options: ``precision`` (network autocast: "auto" = bf16 only where measured faster, ~1.5× on AMX CPUs and
+    far slower on AVX2-only ones; "fp32" | "bf16" | "fp16" (CUDA)), ``channels_last`` (default True),
     ``threads`` (torch intra-op threads; None leaves torch's setting), ``cov_inflation`` (see module docstring),
     ``confidence_scale_m`` (confidence), ``min_weight_mass`` (below it: ``success=False``, reason "low_confidence").
     """
@@ -96,11 +98,11 @@ class ImplicitFrontEnd:
     # benchmarks/RESULTS.md, fifth session).
     refiner_defaults = {"match_init": "compete", "match_max_points": 512}
 
-    def __init__(self, model: ImplicitPoseNet, metadata: dict, device="cpu", bf16: bool = False,
+    def __init__(self, model: ImplicitPoseNet, metadata: dict, device="cpu", precision: str = "auto",
                  channels_last: bool = True, threads: int | None = None, cov_inflation: float = 240.0,
                  confidence_scale_m: float = 0.25, min_weight_mass: float = 3.0):
         self.model, self.metadata, self.device = model, metadata, torch.device(device)
-        self.bf16, self.channels_last = bool(bf16), bool(channels_last)
+        self.channels_last = bool(channels_last)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if threads:
@@ -111,6 +113,20 @@ class ImplicitFrontEnd:
         self.cov_inflation, self.confidence_scale_m = float(cov_inflation), float(confidence_scale_m)
         self.min_weight_mass = float(min_weight_mass)
         self._rays: dict = {}
+        self.precision = {"implicit_network": self._resolve_precision(precision)}
+
+    def _resolve_precision(self, requested: str):
+        x = torch.zeros(1, 3, self.height, self.width, device=self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def run():
+            with torch.inference_mode():
+                self.model(x)
+
+        m = self.metadata["model"]
+        return resolve_precision(requested, self.device, "implicit_network", run,
+                                 f"{m['arch']}_os{self.stride}_{self.width}x{self.height}")
 
     @classmethod
     def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "ImplicitFrontEnd":
@@ -155,7 +171,7 @@ class ImplicitFrontEnd:
         x, cam_in = self.preprocess(image, camera)
         rays = self._rays_for(cam_in)
         t1 = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with autocast_context(self.device.type, self.precision["implicit_network"].precision):
             out = self.model(x)
         if self.device.type == "cuda":
             torch.cuda.synchronize()

@@ -4,7 +4,9 @@
 and kept in memory (uint8); each step draws a batch, applies colour jitter and an in-plane rotation (pose label
 rotated consistently, see ``augment.py``), runs the network, solves the pose with weighted Kabsch and minimises
 pose + consistency + reprojection losses (``losses.py``). Learning rate: linear warm-up then cosine decay over the
-run's progress, where progress = max(elapsed / minutes, step / (epochs · steps_per_epoch)).
+run's progress ``step / planned``: the schedule is ``epochs`` passes; after a few timed steps the run prints its ETA
+and, when the ``minutes`` cap buys fewer steps, shortens the schedule to them with a warning
+(``training_budget.py``); the clock takes over only if the run later falls behind its cap.
 
 Checkpoints (model, optimiser, step, elapsed time; batches are re-drawn from (seed, step)) go to
 ``<out_path>.ckpt.pt`` atomically every ``checkpoint_every_s`` seconds and on interruption; a later call with
@@ -33,6 +35,8 @@ from tqdm import tqdm
 
 from ... import map_file
 from ...geometry.camera import Camera
+from ...precision import autocast_context, resolve_precision
+from ...training_budget import check_minutes, plan_training, schedule_progress
 from .augment import colour_jitter, rotate_in_plane
 from .losses import total_loss
 from .mobilenetv3 import load_backbone_weights
@@ -63,7 +67,7 @@ DEFAULT_CONF: dict = {
     "warmup_frac": 0.03,
     "grad_clip": 5.0,
     "minutes": 20.0,
-    "epochs": None,
+    "epochs": 110,
     "w_pose": 1.0,
     "w_consistency": 1.0,
     "w_reprojection": 1e-3,
@@ -71,7 +75,7 @@ DEFAULT_CONF: dict = {
     "aug_rotation_deg": 30.0,
     "aug_rotation_prob": 0.5,
     "aug_colour": 0.3,
-    "bf16": False,
+    "precision": "auto",
     "channels_last": True,
     "device": "cpu",
     "threads": None,
@@ -100,8 +104,10 @@ CONF_HELP: dict = {
     "weight_decay": "AdamW weight decay",
     "warmup_frac": "fraction of the run with linear LR warm-up",
     "grad_clip": "gradient-norm clip (0 disables)",
-    "minutes": "time budget [min] (None: no limit); the LR schedule follows it",
-    "epochs": "number of passes over the mapping images (None: until the time budget)",
+    "minutes": "wall-clock cap [min] (None: no cap); when it buys fewer steps than the epochs' schedule, the "
+               "schedule is shortened to them (with a warning)",
+    "epochs": "the schedule: passes over the mapping images (110: the 20-min, 6980-step map of RESULTS_implicit.md; "
+              "None: as many as the minutes cap buys)",
     "w_pose": "weight of the pose loss (translation m + rotation rad)",
     "w_consistency": "weight of the consistency loss [m]",
     "w_reprojection": "weight of the reprojection loss [px]",
@@ -109,7 +115,8 @@ CONF_HELP: dict = {
     "aug_rotation_deg": "max in-plane rotation augmentation [deg] (0 disables)",
     "aug_rotation_prob": "probability that an image is rotated",
     "aug_colour": "colour-jitter strength (brightness/contrast/saturation factor range ±value; 0 disables)",
-    "bf16": "bfloat16 autocast for the network (geometry stays float32/64)",
+    "precision": "network autocast: auto (bf16 only where measured faster, precision.py) | fp32 | bf16 | fp16 "
+                 "(CUDA); geometry stays float32/64",
     "channels_last": "channels_last memory format (about 2× faster on CPU)",
     "device": "'cpu' or 'cuda'",
     "threads": "torch intra-op threads (None: leave torch's setting)",
@@ -187,6 +194,27 @@ def map_metadata(conf: dict, K: np.ndarray, centre, extent: float, stats: dict) 
     }
 
 
+TIMING_STEPS = 5   # steps timed (after 2 warm-up ones) before the run is planned
+
+
+def _resolve_training_precision(conf: dict, model: ImplicitPoseNet, device: torch.device):
+    """The training step's ``PrecisionChoice``, probed on a copy of the network (its batch-norm statistics stay
+    untouched) at the real batch and input size."""
+    import copy
+
+    scratch = copy.deepcopy(model).train()
+    x = torch.zeros(int(conf["batch_size"]), 3, int(conf["image_height"]), int(conf["image_width"]), device=device)
+    if conf["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        out = scratch(x)
+        sum(v.float().mean() for v in out.values() if torch.is_tensor(v) and v.requires_grad).backward()
+
+    key = "_".join(str(conf[k]) for k in ("arch", "output_stride", "batch_size", "image_width", "image_height"))
+    return resolve_precision(conf["precision"], device, "implicit_train", step, key)
+
+
 def _lr_factor(progress: float, warmup: float) -> float:
     if progress < warmup:
         return max(progress / max(warmup, 1e-9), 0.01)
@@ -217,8 +245,11 @@ def _train(conf: dict, dataset, out_path) -> Path:
     if unknown:
         raise ValueError(f"unknown implicit mapping options {sorted(unknown)}; valid: {sorted(DEFAULT_CONF)}")
     conf = {**DEFAULT_CONF, **conf}
+    conf["minutes"] = check_minutes(conf["minutes"], "implicit mapping option 'minutes'")
     if conf["minutes"] is None and conf["epochs"] is None:
         raise ValueError("set 'minutes' or 'epochs' (or both) to bound the training")
+    if conf["epochs"] is not None and not (isinstance(conf["epochs"], (int, float)) and 0 < conf["epochs"] < 1e6):
+        raise ValueError(f"implicit mapping option 'epochs' must be a number > 0 (or None), got {conf['epochs']!r}")
     out_path = Path(out_path)
     ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
     device = torch.device(conf["device"])
@@ -272,7 +303,10 @@ def _train(conf: dict, dataset, out_path) -> Path:
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": conf["weight_decay"]},
                                {"params": no_decay, "weight_decay": 0.0}], lr=conf["lr"])
     steps_per_epoch = max(1, math.ceil(F_ / conf["batch_size"]))
-    total_steps = None if conf["epochs"] is None else int(conf["epochs"] * steps_per_epoch)
+    total_steps = None if conf["epochs"] is None else max(int(conf["epochs"] * steps_per_epoch), 1)
+    choice = _resolve_training_precision(conf, model, device)
+    if conf["progress"]:
+        tqdm.write(f"implicit: precision {choice.describe()}")
     budget_s = None if conf["minutes"] is None else 60.0 * float(conf["minutes"])
 
     step, elapsed_prev, resumed_from = 0, 0.0, None
@@ -302,16 +336,40 @@ def _train(conf: dict, dataset, out_path) -> Path:
     def elapsed() -> float:
         return elapsed_prev + time.monotonic() - t_start
 
+    plan = {"planned": None, "t_timing": None, "from": step + 2, "record": None}
+
     def progress() -> float:
-        p = 0.0
-        if budget_s:
-            p = max(p, elapsed() / budget_s)
-        if total_steps:
-            p = max(p, step / total_steps)
-        return p
+        """``step / planned`` (the clock only as a cap, training_budget.schedule_progress); without ``epochs`` the
+        elapsed share of the cap."""
+        if total_steps is None:
+            return elapsed() / budget_s
+        return schedule_progress(step, plan["planned"] or total_steps, elapsed(), budget_s)
+
+    def maybe_plan() -> None:
+        """Time TIMING_STEPS steps, then plan the run within the cap and print the ETA (or the warning)."""
+        if total_steps is None or plan["planned"] is not None:
+            return
+        if step == plan["from"]:
+            plan["t_timing"] = time.monotonic()
+        elif step == plan["from"] + TIMING_STEPS:
+            s_per_step = (time.monotonic() - plan["t_timing"]) / TIMING_STEPS
+            cap = None if budget_s is None else budget_s - elapsed()
+            tp = plan_training(total_steps, s_per_step, cap, done=step)
+            plan.update(planned=tp.planned, record=tp.as_dict())
+            bar.total = tp.planned
+            rate = f"{s_per_step * 1e3:.0f} ms/step ({choice.precision})"
+            tqdm.write(f"implicit: training {tp.planned} steps at {rate}: ETA {tp.eta_s / 60:.1f} min"
+                       if not tp.shortened else
+                       f"implicit: WARNING: the {conf['minutes']:g}-min cap buys {tp.planned} of the {total_steps} "
+                       f"scheduled steps at {rate}; the schedule is shortened to {tp.planned}: expect lower accuracy "
+                       f"(about minutes={math.ceil(conf['minutes'] * total_steps / max(tp.planned, 1))} trains the "
+                       "full schedule)")
 
     def write_map(path: Path, last: dict) -> Path:
         stats = {"steps": step, "epochs": step / steps_per_epoch, "minutes": elapsed() / 60, "n_frames": F_,
+                 "iterations": step, "iterations_scheduled": total_steps,
+                 "iterations_planned": plan["planned"] or total_steps, "plan": plan["record"],
+                 "precision": choice.precision, "precision_choice": choice.as_dict(),
                  "resumed_from_step": resumed_from, "last_losses": last,
                  "conf": {k: v for k, v in conf.items() if k != "snapshot_minutes"}}
         meta = map_metadata(conf, Ks[0], centre, extent, stats)
@@ -333,7 +391,10 @@ def _train(conf: dict, dataset, out_path) -> Path:
     ema = None
     last_ckpt = time.monotonic()
     try:
-        while progress() < 1.0:
+        while True:
+            maybe_plan()
+            if progress() >= 1.0:
+                break
             if cursor + conf["batch_size"] > F_:
                 perm, cursor = rng.permutation(F_), 0
             idx = perm[cursor:cursor + conf["batch_size"]]
@@ -355,7 +416,7 @@ def _train(conf: dict, dataset, out_path) -> Path:
             lr = conf["lr"] * _lr_factor(progress(), conf["warmup_frac"])
             for g in optim.param_groups:
                 g["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(conf["bf16"])):
+            with autocast_context(device.type, choice.precision):
                 out = model(x)
             cam_pts = ImplicitPoseNet.camera_points(out["depth"], rays)
             R, t = ImplicitPoseNet.solve(cam_pts, out["scene"], out["weight"], check=False)
