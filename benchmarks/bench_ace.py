@@ -176,7 +176,7 @@ def main(argv=None):
     p.add_argument("--buffer-size", type=int, default=None)
     p.add_argument("--head-width", type=int, default=None)
     p.add_argument("--cells-per-view", type=int, default=None)
-    p.add_argument("--precision", default="bf16")
+    p.add_argument("--precision", default="auto")
     p.add_argument("--encoder", default=None)
     p.add_argument("--no-standardize", action="store_true")
     p.add_argument("--stride", type=int, default=1, help="evaluate every n-th query")

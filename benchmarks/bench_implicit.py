@@ -37,7 +37,7 @@ def evaluate(map_path: Path, data: Path, threads: int, bf16: bool = False, limit
     from reloc_ros.frontends.implicit.frontend import load_implicit_map
 
     torch.set_num_threads(threads)
-    fe = load_implicit_map(map_path, "cpu", bf16=bf16)
+    fe = load_implicit_map(map_path, "cpu", precision="bf16" if bf16 else "fp32")
     ds = open_dataset(data, frames=data / "query.txt", load_depth=False)
     idx = range(len(ds)) if limit is None else np.linspace(0, len(ds) - 1, limit).astype(int)
     t_err, r_err, ms, z2, conf = [], [], [], [], []
@@ -123,7 +123,8 @@ def cmd_latency(args) -> dict:
            "load_average_before": os.getloadavg(),
            "size": [args.height, args.width], "threads": args.threads}
     for bf16 in (False, True):
-        fe = ImplicitFrontEnd.from_map(net.state_dict(), meta, "cpu", bf16=bf16, min_weight_mass=0.0)
+        fe = ImplicitFrontEnd.from_map(net.state_dict(), meta, "cpu", precision="bf16" if bf16 else "fp32",
+                                       min_weight_mass=0.0)
         x, cin = fe.preprocess(img, cam)
         rays = fe._rays_for(cin)
 

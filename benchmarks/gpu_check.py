@@ -5,7 +5,7 @@
 The overfit tests of test/test_ace.py and test/test_implicit.py, with ``device="cuda"``: train each front end on a
 few demo-scene frames (generated into ``--demo-root`` when missing, same parameters as test/conftest.py), write the
 map, reload it on the GPU (front end directly and through ``Localizer``) and localize the training frames. Also
-exercises bf16 autocast on CUDA (ACE head default precision, implicit ``bf16=True``) and, best effort, the
+exercises bf16 autocast on CUDA (ACE head default precision, implicit ``precision="bf16"``) and, best effort, the
 featuremetric refinement on CUDA. Prints one line per check and writes a JSON summary; exits 1 if a check fails,
 2 if ``--device cuda`` is asked for without CUDA. ``--device cpu`` runs the same checks on the CPU (about 5 min on
 the shared 2-core machine), which is how the script itself was checked.
@@ -94,7 +94,7 @@ def ace_overfit(root: Path, device: str, out_dir: Path):
     fe = AceFrontEnd.from_map(tensors, meta, device=device, num_cells=None, backend="poselib", threshold_px=2.0,
                               head_precision="fp32")
     strict = localize_all(fe.localize, frames, 0.02, 1.0)
-    fe_default = AceFrontEnd.from_map(tensors, meta, device=device)  # default options (bf16 head, OpenCV USAC)
+    fe_default = AceFrontEnd.from_map(tensors, meta, device=device)  # default options (precision auto: bf16 on CUDA, OpenCV USAC)
     default = localize_all(fe_default.localize, frames, 0.05, 2.0)
     RESULTS["_ace_map"] = str(out)
     return {"ok": strict["ok"] and default["ok"], "train_s": round(train_s, 1), "fp32_poselib": strict,
@@ -123,7 +123,7 @@ def implicit_overfit(root: Path, device: str, out_dir: Path):
     res = localize_all(fe.localize, frames, 0.05, 2.0)
     # bf16 autocast on CUDA: a few steps must run and give finite losses
     out16 = out_dir / "implicit_bf16.map.safetensors"
-    train({**conf, "epochs": 20, "bf16": True}, ds, out16)
+    train({**conf, "epochs": 20, "precision": "bf16"}, ds, out16)
     m16 = load_implicit_map(out16, device).metadata["training"]
     finite = all(np.isfinite(v) for v in m16["last_losses"].values() if isinstance(v, (int, float)))
     RESULTS["_implicit_map"] = str(out)
