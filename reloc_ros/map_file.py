@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -61,15 +62,27 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
 
 
+def _finite_json(value):
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, so that the metadata is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
 def save_map(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict, kind: str = "map") -> Path:
-    """Write ``tensors`` (contiguous CPU copies are made) and JSON-serialisable ``metadata`` atomically."""
+    """Write ``tensors`` (contiguous CPU copies are made) and JSON-serialisable ``metadata`` atomically. The
+    metadata is written as strict JSON: non-finite floats (a loss that was never measured) become null."""
     if kind == "map" and "front_end" not in metadata:
         raise ValueError("map metadata must name its 'front_end'")
     meta = dict(metadata)
     meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     meta["format_version"] = MAP_FORMAT_VERSION
     meta["kind"] = kind
-    header = {_KEY: json.dumps(meta)}
+    header = {_KEY: json.dumps(_finite_json(meta), allow_nan=False)}
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     return atomic_write_bytes(path, lambda tmp: save_file(cpu, tmp, metadata=header))
 

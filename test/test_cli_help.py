@@ -16,3 +16,13 @@ def test_help(name, capsys):
         getattr(importlib.import_module(module), func)(["--help"])
     assert e.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("minutes", ["-1", "nan", "0"])
+def test_reloc_map_refuses_a_bad_minutes_cap_before_any_work(minutes, tmp_path, capsys):
+    from reloc_ros.mapping.cli import main
+    out = tmp_path / "m.map.safetensors"
+    assert main(["--dataset", str(tmp_path), "--out", str(out), "--minutes", minutes]) == 2
+    err = capsys.readouterr().err
+    assert "--minutes" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob("*.ckpt.pt"))

@@ -70,3 +70,16 @@ def test_newer_format_is_refused(tmp_path):
     p.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
     with pytest.raises(MapFileError, match="format version .* is not supported"):
         load_map(p)
+
+
+def test_metadata_is_strict_json_without_nan(tmp_path):
+    import json
+
+    from reloc_ros.map_file import read_metadata, save_map
+    path = save_map(tmp_path / "m.map.safetensors", {"w": torch.zeros(2)},
+                    {"front_end": "ace", "training": {"final_loss": float("nan"), "curve": [1.0, float("inf")]}})
+    meta = read_metadata(path)
+    assert meta["training"] == {"final_loss": None, "curve": [1.0, None]}
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    json.loads(next(iter(header.values())), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))

@@ -65,6 +65,8 @@ def build_map(job: MapJob) -> dict:
     """Train the front end on the dataset and build the reference model; returns paths and timings."""
     from ..datasets import open_dataset
 
+    from ..training_budget import check_minutes
+    check_minutes(job.minutes, "--minutes")
     dataset_path = Path(job.dataset)
     frames = job.frames
     if frames is None and (dataset_path / "mapping.txt").is_file():

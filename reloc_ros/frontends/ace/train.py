@@ -353,10 +353,6 @@ def _run_loop(trainer: _Trainer, conf: dict, it: int, train_s: float, planned: i
             "n_buffer": trainer.n}
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(float(x)) else None
-
-
 def _write_ace_map(out_path: Path, conf, encoder, head, feats, f_mean, f_std, scene_mean, ok, t_buffer, loop: dict,
                    choice, temp_files) -> Path:
     tensors = {f"head.{k}": v.detach().to(torch.float16) if v.is_floating_point() and k != "mean" else v.detach()
@@ -376,8 +372,8 @@ def _write_ace_map(out_path: Path, conf, encoder, head, feats, f_mean, f_std, sc
                      "iterations_scheduled": loop["iterations_scheduled"], "plan": loop["plan"],
                      "train_seconds": round(train_s, 1), "buffer_seconds": round(t_buffer, 1),
                      "buffer_size": loop["n_buffer"], "n_frames": int(ok.sum()),
-                     "final_loss": _finite_or_none(stats["loss"]),
-                     "final_valid_fraction": _finite_or_none(stats["valid"]), "precision": choice.precision,
+                     "final_loss": stats["loss"], "final_valid_fraction": stats["valid"],
+                     "precision": choice.precision,
                      "precision_choice": choice.as_dict(), "device": str(conf["device"]),
                      "conf": {k: v for k, v in conf.items() if k not in ("device", "progress")}},
     }
