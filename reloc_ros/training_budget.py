@@ -81,10 +81,12 @@ def schedule_progress(iteration: int, planned: int, elapsed_s: float, budget_s: 
 
 def expected_recall(iterations: int, measured: list[tuple[int, float]]) -> float | None:
     """Accuracy expected after ``iterations``, linear in log(iterations) between ``measured`` (iterations, value)
-    points (sorted by iterations); None outside their range."""
+    points; the last point's value beyond it (more training is not worse); None below the first point."""
     pts = sorted(measured)
-    if not pts or iterations < pts[0][0] or iterations > pts[-1][0]:
+    if not pts or iterations < pts[0][0]:
         return None
+    if iterations >= pts[-1][0]:
+        return pts[-1][1]
     for (i0, v0), (i1, v1) in zip(pts, pts[1:]):
         if i0 <= iterations <= i1:
             f = (math.log(iterations) - math.log(i0)) / max(math.log(i1) - math.log(i0), 1e-12)

@@ -260,3 +260,15 @@ def test_training_refuses_a_bad_minutes_cap_before_any_work(bad, tmp_path):
     with pytest.raises(ValueError, match="minutes"):
         train({**TINY_TRAIN_CONF, "minutes": bad}, [], tmp_path / "x.map.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+def test_plan_message_quotes_the_measured_accuracy_cost_only_for_the_measured_head():
+    from reloc_ros.frontends.ace.train import _plan_message
+    from reloc_ros.training_budget import plan_training
+
+    short = plan_training(9600, 0.13, cap_s=560.0)
+    msg = _plan_message(short, "fp32", DEFAULT_CONF)
+    assert msg.startswith("[ace] WARNING") and f"{short.planned} of the 9600" in msg and "~92 %" in msg
+    other = _plan_message(short, "fp32", {**DEFAULT_CONF, "batch_size": 2560})
+    assert "expect lower accuracy" in other and "~92 %" not in other
+    assert "ETA" in _plan_message(plan_training(9600, 0.05, cap_s=560.0), "bf16", DEFAULT_CONF)

@@ -37,7 +37,7 @@ def test_expected_recall_interpolates_in_log_iterations_within_the_measured_rang
     pts = [(1000, 60.0), (10000, 90.0)]
     assert expected_recall(1000, pts) == 60.0 and expected_recall(10000, pts) == 90.0
     assert expected_recall(int(math.sqrt(1000 * 10000)), pts) == pytest.approx(75.0, abs=0.01)
-    assert expected_recall(500, pts) is None and expected_recall(20000, pts) is None
+    assert expected_recall(500, pts) is None and expected_recall(20000, pts) == 90.0
 
 
 def test_undertrained_warning_only_below_half_the_schedule():
