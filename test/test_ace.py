@@ -236,12 +236,18 @@ def test_training_resumes_from_checkpoint(demo_scene_root, tmp_path, capsys):
         train({"minuts": 1}, ds, out)
 
 
-def test_a_time_cap_below_the_schedule_shortens_it_and_says_so(demo_scene_root, tmp_path, capsys):
-    """A 100k-iteration schedule under a 2-second cap: the run times itself, shortens the schedule to what the cap
-    buys (no machine trains 100k iterations in 2 s), prints one warning line, and records the plan in the map."""
+def test_a_time_cap_below_the_schedule_shortens_it_and_says_so(demo_scene_root, tmp_path, capsys, monkeypatch):
+    """A machine that times at 1 s per iteration under a 1-hour cap: the run shortens its 100k-iteration schedule
+    to what the cap buys (at least 100 iterations), says so in one warning line, trains exactly that plan and
+    records it in the map. The speed is injected into the planner, so no wall-clock time decides the outcome."""
+    import reloc_ros.frontends.ace.train as ace_train
+
+    real_plan = ace_train.plan_training
+    monkeypatch.setattr(ace_train, "plan_training",
+                        lambda scheduled, s_per_it, cap_s, done=0: real_plan(scheduled, 1.0, 30.0, done=done))
     ds = _four_demo_frames(demo_scene_root)
     out = tmp_path / "short.map.safetensors"
-    train({**TINY_TRAIN_CONF, "iterations": 100_000, "minutes": 2 / 60, "checkpoint_every_s": 0,
+    train({**TINY_TRAIN_CONF, "iterations": 100_000, "minutes": 60.0, "checkpoint_every_s": 0,
            "progress": True}, ds, out)
     captured = capsys.readouterr()
     warning = [ln for ln in (captured.out + captured.err).splitlines() if "WARNING" in ln]
@@ -249,7 +255,7 @@ def test_a_time_cap_below_the_schedule_shortens_it_and_says_so(demo_scene_root, 
     _, meta = load_map(out)
     tr = meta["training"]
     assert tr["iterations_scheduled"] == 100_000 and tr["plan"]["shortened"]
-    assert 14 <= tr["iterations"] <= tr["iterations_planned"] < 100_000
+    assert tr["iterations"] == tr["iterations_planned"] == 100
     assert tr["precision"] in ("fp32", "bf16") and tr["precision_choice"]["requested"] == "auto"
     json_text = out.read_bytes()
     assert b"NaN" not in json_text[:200_000]
