@@ -10,10 +10,11 @@ half its schedule.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
-__all__ = ["TrainingPlan", "check_minutes", "plan_training", "schedule_progress", "expected_recall",
-           "undertrained_warning", "WARMUP_ITERATIONS"]
+__all__ = ["TrainingPlan", "PlanTimer", "check_minutes", "plan_training", "plan_message", "schedule_progress",
+           "expected_recall", "undertrained_warning", "WARMUP_ITERATIONS"]
 
 UNDERTRAINED_FRACTION = 0.5   # a map trained on less than this share of its schedule gets a warning
 WARMUP_ITERATIONS = 50        # iterations before a run that fell behind its cap lets the clock drive the schedule
@@ -64,6 +65,44 @@ def plan_training(scheduled: int, s_per_iteration: float, cap_s: float | None, d
         planned = max(min(scheduled, affordable), min(scheduled, int(min_iterations)))
     return TrainingPlan(scheduled, planned, float(s_per_iteration), cap_s,
                         max(planned - done, 0) * float(s_per_iteration))
+
+
+class PlanTimer:
+    """Times ``n_timed`` steps of a run (after 2 warm-up steps from ``start``), then plans it within its cap:
+    ``tick(step, cap_left_s)`` once per step returns the ``TrainingPlan`` at the step the timing completes, else
+    None (``plan`` keeps it)."""
+
+    WARMUP_STEPS = 2
+
+    def __init__(self, scheduled: int, start: int, n_timed: int):
+        self.scheduled, self.n_timed = int(scheduled), int(n_timed)
+        self.first = int(start) + self.WARMUP_STEPS
+        self.t_first: float | None = None
+        self.plan: TrainingPlan | None = None
+
+    def tick(self, step: int, cap_left_s: float | None) -> TrainingPlan | None:
+        if self.plan is not None:
+            return None
+        if step == self.first:
+            self.t_first = time.perf_counter()
+        elif step == self.first + self.n_timed and self.t_first is not None:
+            s_per_step = (time.perf_counter() - self.t_first) / self.n_timed
+            self.plan = plan_training(self.scheduled, s_per_step, cap_left_s, done=step)
+            return self.plan
+        return None
+
+
+def plan_message(plan: TrainingPlan, who: str, unit: str, precision: str, minutes: float | None,
+                 cost: str = "expect lower accuracy", cap_option: str = "--minutes ") -> str:
+    """The ETA line of a plan, or, when the cap shortened it, the one warning line with ``cost`` and the cap that
+    would train the whole schedule. ``unit``: "iteration" / "step"."""
+    rate = f"{plan.s_per_iteration * 1e3:.0f} ms/{unit[:2] if unit == 'iteration' else unit} ({precision})"
+    if not plan.shortened:
+        return f"{who} training {plan.planned} {unit}s at {rate}: ETA {plan.eta_s / 60:.1f} min"
+    need = math.ceil(minutes * plan.scheduled / max(plan.planned, 1))
+    return (f"{who} WARNING: the {minutes:g}-min cap buys {plan.planned} of the {plan.scheduled} scheduled {unit}s "
+            f"at {rate}; the schedule is shortened to {plan.planned}: {cost} (about {cap_option}{need} trains the "
+            "full schedule)")
 
 
 def schedule_progress(iteration: int, planned: int, elapsed_s: float, budget_s: float | None) -> float:

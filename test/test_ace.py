@@ -240,10 +240,10 @@ def test_a_time_cap_below_the_schedule_shortens_it_and_says_so(demo_scene_root, 
     """A machine that times at 1 s per iteration under a 1-hour cap: the run shortens its 100k-iteration schedule
     to what the cap buys (at least 100 iterations), says so in one warning line, trains exactly that plan and
     records it in the map. The speed is injected into the planner, so no wall-clock time decides the outcome."""
-    import reloc_ros.frontends.ace.train as ace_train
+    import reloc_ros.training_budget as budget
 
-    real_plan = ace_train.plan_training
-    monkeypatch.setattr(ace_train, "plan_training",
+    real_plan = budget.plan_training
+    monkeypatch.setattr(budget, "plan_training",
                         lambda scheduled, s_per_it, cap_s, done=0: real_plan(scheduled, 1.0, 30.0, done=done))
     ds = _four_demo_frames(demo_scene_root)
     out = tmp_path / "short.map.safetensors"

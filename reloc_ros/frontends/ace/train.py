@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ...map_file import atomic_torch_save, save_map
 from ...precision import autocast_context, resolve_precision
-from ...training_budget import check_minutes, expected_recall, plan_training, schedule_progress
+from ...training_budget import PlanTimer, check_minutes, expected_recall, plan_message, schedule_progress
 from .buffer import TrainingBuffer, fill_buffer
 from .encoders import make_encoder
 from .head import SceneCoordinateHead
@@ -246,19 +246,14 @@ class _Trainer:
 
 
 def _plan_message(plan, precision: str, conf: dict) -> str:
-    """The ETA line, and the one-line warning with the expected accuracy cost when the cap shortens the plan."""
-    rate = f"{plan.s_per_iteration * 1e3:.0f} ms/it ({precision})"
-    if not plan.shortened:
-        return f"[ace] training {plan.planned} iterations at {rate}: ETA {plan.eta_s / 60:.1f} min"
+    """``training_budget.plan_message`` with the measured accuracy cost of a shortened schedule (quoted for the
+    default head and batch only: the points were measured with them)."""
     measured_head = all(conf[k] == DEFAULT_CONF[k] for k in ("batch_size", "head_width", "head_blocks"))
     full = expected_recall(plan.scheduled, ACE_RECALL_BY_ITERATIONS) if measured_head else None
     got = expected_recall(plan.planned, ACE_RECALL_BY_ITERATIONS) if measured_head else None
     cost = (f"expect ~{got:.0f} % instead of ~{full:.0f} % of 7-Scenes queries within 10 cm/5°"
             if got is not None and full is not None else "expect lower accuracy")
-    need = conf["minutes"] * plan.scheduled / max(plan.planned, 1)
-    return (f"[ace] WARNING: the {conf['minutes']:g}-min cap buys {plan.planned} of the {plan.scheduled} scheduled "
-            f"iterations at {rate}; the schedule is shortened to {plan.planned}: {cost} "
-            f"(about --minutes {math.ceil(need)} trains the full schedule)")
+    return plan_message(plan, "[ace]", "iteration", precision, conf["minutes"], cost)
 
 
 def _train(conf: dict, dataset, out_path: Path, t_start: float, device: str, buffer) -> Path:
@@ -319,14 +314,10 @@ def _run_loop(trainer: _Trainer, conf: dict, it: int, train_s: float, planned: i
     last_ckpt = time.perf_counter()
     t0 = time.perf_counter() - train_s
     stats = {"loss": float("nan"), "valid": float("nan")}
-    plan, t_timing, timing_from = None, None, it + 2
+    timer = PlanTimer(scheduled, it, TIMING_ITERATIONS) if planned is None else None
     while True:
-        if planned is None and it == timing_from:
-            t_timing = time.perf_counter()
-        if planned is None and it == timing_from + TIMING_ITERATIONS:
-            s_per_it = (time.perf_counter() - t_timing) / TIMING_ITERATIONS
-            cap = None if train_budget is None else train_budget - (time.perf_counter() - t0)
-            plan = plan_training(scheduled, s_per_it, cap, done=it)
+        plan = timer and timer.tick(it, None if train_budget is None else train_budget - (time.perf_counter() - t0))
+        if plan:
             planned = plan.planned
             bar.total = planned
             tqdm.write(_plan_message(plan, choice.precision, conf))
@@ -350,7 +341,7 @@ def _run_loop(trainer: _Trainer, conf: dict, it: int, train_s: float, planned: i
             last_ckpt = now
     bar.close()
     return {"iterations": it, "iterations_planned": int(planned or it), "iterations_scheduled": scheduled,
-            "train_seconds": time.perf_counter() - t0, "stats": stats, "plan": None if plan is None else plan.as_dict(),
+            "train_seconds": time.perf_counter() - t0, "stats": stats, "plan": None if timer is None or timer.plan is None else timer.plan.as_dict(),
             "n_buffer": trainer.n}
 
 

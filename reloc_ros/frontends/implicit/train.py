@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ... import map_file
 from ...geometry.camera import Camera
 from ...precision import autocast_context, resolve_precision
-from ...training_budget import check_minutes, plan_training, schedule_progress
+from ...training_budget import PlanTimer, check_minutes, plan_message, schedule_progress
 from .augment import colour_jitter, rotate_in_plane
 from .losses import total_loss
 from .mobilenetv3 import load_backbone_weights
@@ -336,39 +336,31 @@ def _train(conf: dict, dataset, out_path) -> Path:
     def elapsed() -> float:
         return elapsed_prev + time.monotonic() - t_start
 
-    plan = {"planned": None, "t_timing": None, "from": step + 2, "record": None}
+    timer = PlanTimer(total_steps, step, TIMING_STEPS) if total_steps is not None else None
+
+    def planned_steps() -> int | None:
+        return timer.plan.planned if timer is not None and timer.plan is not None else total_steps
 
     def progress() -> float:
         """``step / planned`` (the clock only as a cap, training_budget.schedule_progress); without ``epochs`` the
         elapsed share of the cap."""
         if total_steps is None:
             return elapsed() / budget_s
-        return schedule_progress(step, plan["planned"] or total_steps, elapsed(), budget_s)
+        return schedule_progress(step, planned_steps(), elapsed(), budget_s)
 
     def maybe_plan() -> None:
-        """Time TIMING_STEPS steps, then plan the run within the cap and print the ETA (or the warning)."""
-        if total_steps is None or plan["planned"] is not None:
-            return
-        if step == plan["from"]:
-            plan["t_timing"] = time.monotonic()
-        elif step == plan["from"] + TIMING_STEPS:
-            s_per_step = (time.monotonic() - plan["t_timing"]) / TIMING_STEPS
-            cap = None if budget_s is None else budget_s - elapsed()
-            tp = plan_training(total_steps, s_per_step, cap, done=step)
-            plan.update(planned=tp.planned, record=tp.as_dict())
+        """After TIMING_STEPS timed steps: plan the run within the cap and print the ETA (or the warning)."""
+        tp = timer and timer.tick(step, None if budget_s is None else budget_s - elapsed())
+        if tp:
             bar.total = tp.planned
-            rate = f"{s_per_step * 1e3:.0f} ms/step ({choice.precision})"
-            tqdm.write(f"implicit: training {tp.planned} steps at {rate}: ETA {tp.eta_s / 60:.1f} min"
-                       if not tp.shortened else
-                       f"implicit: WARNING: the {conf['minutes']:g}-min cap buys {tp.planned} of the {total_steps} "
-                       f"scheduled steps at {rate}; the schedule is shortened to {tp.planned}: expect lower accuracy "
-                       f"(about minutes={math.ceil(conf['minutes'] * total_steps / max(tp.planned, 1))} trains the "
-                       "full schedule)")
+            tqdm.write(plan_message(tp, "implicit:", "step", choice.precision, conf["minutes"],
+                                    cap_option="minutes="))
 
     def write_map(path: Path, last: dict) -> Path:
         stats = {"steps": step, "epochs": step / steps_per_epoch, "minutes": elapsed() / 60, "n_frames": F_,
                  "iterations": step, "iterations_scheduled": total_steps,
-                 "iterations_planned": plan["planned"] or total_steps, "plan": plan["record"],
+                 "iterations_planned": planned_steps(),
+                 "plan": None if timer is None or timer.plan is None else timer.plan.as_dict(),
                  "precision": choice.precision, "precision_choice": choice.as_dict(),
                  "resumed_from_step": resumed_from, "last_losses": last,
                  "conf": {k: v for k, v in conf.items() if k != "snapshot_minutes"}}
