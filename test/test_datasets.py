@@ -188,8 +188,13 @@ def test_colmap_round_trip(demo_scene_root, tmp_path, fmt):
     np.testing.assert_array_equal(f.image, src[2].image)
     np.testing.assert_allclose(f.T_world_cam, P[2], atol=1e-9)
     one = open_dataset(root, frames=["frame-000007.jpg"])
-    assert len(one) == 1
-    with pytest.raises(DatasetError, match="not registered in the model"):
+    assert one.names == ["frame-000007.jpg"]
+    # a frame-list file selects by the model's own names, with or without the extension
+    (root / "list.txt").write_text("frame-000121.jpg\nframe-000000  # by stem\n")
+    listed = open_dataset(root, frames="list.txt")
+    assert listed.names == ["frame-000121.jpg", "frame-000000.jpg"]
+    np.testing.assert_allclose(listed.poses(), P[[2, 0]], atol=1e-9)
+    with pytest.raises(DatasetError, match=r"not in the dataset, e\.g\. \['frame-000099.jpg'\]"):
         open_dataset(root, frames=["frame-000099.jpg"])
     (root / "images" / "frame-000121.jpg").unlink()
     with pytest.raises(DatasetError, match=r"frame-000121\.jpg: image file is missing"):

@@ -68,10 +68,7 @@ class ColmapDataset(Dataset):
         if frames is None:
             names = sorted(by_name)
         else:
-            names = read_frame_list(frames, self.root) if isinstance(frames, (str, Path)) else list(frames)
-            missing = [n for n in names if n not in by_name]
-            if missing:
-                raise DatasetError(f"{model}: images {missing[:5]} are listed but not registered in the model")
+            names = read_frame_list(frames, self.root, known=by_name)
         if not names:
             raise DatasetError(f"{model}: the model has no registered images")
         self.names = names

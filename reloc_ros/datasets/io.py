@@ -104,9 +104,15 @@ def resolve_camera(intrinsics, width: int, height: int, source: str) -> Camera:
     return cam
 
 
-def read_frame_list(frames, root: Path) -> list[str]:
+def read_frame_list(frames, root: Path, known=None) -> list[str]:
     """Frame names from a list of names or a list file (absolute, or relative to ``root``); one name per line,
-    blank lines and ``#`` comments ignored, image/pose suffixes stripped."""
+    blank lines and ``#`` comments ignored.
+
+    Without ``known``, image/pose suffixes are stripped (7-Scenes names: ``seq-01/frame-000000``). With ``known``
+    (the names the dataset itself uses, e.g. COLMAP's ``IMG_0001.jpg``), each listed name selects the known name it
+    equals, else the one whose stem it equals (``IMG_0001`` or ``IMG_0001.png`` -> ``IMG_0001.jpg``); a name that
+    selects none is a DatasetError listing the first few."""
+    source = frames if isinstance(frames, (str, Path)) else "frame list"
     if isinstance(frames, (str, Path)):
         p = Path(frames)
         if not p.is_file() and (root / p).is_file():
@@ -117,14 +123,43 @@ def read_frame_list(frames, root: Path) -> list[str]:
         names = [ln.split()[0] for ln in lines if ln]
         if not names:
             raise DatasetError(f"{p}: frame list is empty")
+        source = p
     else:
         names = [str(n) for n in frames]
-    return [strip_suffix(n) for n in names]
+    if known is None:
+        return [strip_suffix(n) for n in names]
+    return _select_known(names, known, source)
+
+
+def _select_known(names: list[str], known, source) -> list[str]:
+    """Each of ``names`` mapped to the member of ``known`` it equals, or whose stem equals its stem."""
+    known = set(known)
+    by_stem: dict[str, list[str]] = {}
+    for k in known:
+        by_stem.setdefault(strip_suffix(k), []).append(k)
+    out, missing = [], []
+    for n in names:
+        if n in known:
+            out.append(n)
+            continue
+        cands = by_stem.get(strip_suffix(n), [])
+        if len(cands) == 1:
+            out.append(cands[0])
+        elif len(cands) > 1:
+            raise DatasetError(f"{source}: {n!r} is ambiguous: the dataset has {sorted(cands)}")
+        else:
+            missing.append(n)
+    if missing:
+        raise DatasetError(f"{source}: {len(missing)} listed frame(s) are not in the dataset, e.g. {missing[:5]} "
+                           f"(it has e.g. {sorted(known)[:3]})")
+    return out
 
 
 def strip_suffix(name: str) -> str:
-    for suf in (".color.png", ".color.jpg", ".depth.png", ".pose.txt", ".png", ".jpg"):
-        if name.endswith(suf):
+    """``name`` without a trailing image / pose suffix (``.color.png``, ``.pose.txt``, ``.png``, ``.JPG``, ...)."""
+    lower = name.lower()
+    for suf in (".color.png", ".color.jpg", ".depth.png", ".pose.txt", ".png", ".jpg", ".jpeg"):
+        if lower.endswith(suf):
             return name[: -len(suf)]
     return name
 
