@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontends.base import LocalizationResult, RefinementInfo, front_end_class
+from .frontends.base import FRONT_ENDS, LocalizationResult, RefinementInfo, front_end_class
 from .geometry.camera import Camera
-from .map_file import MapFileError, load_map, reference_path
+from .map_file import MapFileError, check_metadata, load_map, reference_path
 
 __all__ = ["Localizer", "InputImageError"]
 
@@ -88,8 +88,15 @@ class Localizer:
                  refiner_options: dict | None = None, **localizer_options) -> "Localizer":
         """Load a map file (and its reference model when ``refine``). Raises ``MapFileError`` with the reason."""
         tensors, meta = load_map(map_path, device="cpu", kind="map")
+        if meta["front_end"] not in FRONT_ENDS:
+            raise MapFileError(f"{map_path}: the map is for front end {meta['front_end']!r}, which this reloc_ros "
+                               f"does not have (it has {sorted(FRONT_ENDS)})")
         cls_ = front_end_class(meta["front_end"])
-        front_end = cls_.from_map(tensors, meta, device=device, **(front_end_options or {}))
+        check_metadata(meta, cls_.METADATA_SCHEMA, map_path)
+        try:
+            front_end = cls_.from_map(tensors, meta, device=device, **(front_end_options or {}))
+        except MapFileError as e:
+            raise MapFileError(f"{map_path}: {e}") from e
         refiner = None
         if refine:
             ref = Path(reference) if reference is not None else reference_path(map_path)

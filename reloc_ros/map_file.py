@@ -1,7 +1,10 @@
 """Map files: safetensors tensors + versioned JSON metadata, written atomically, loaded without running code.
 
 Layout: one ``.safetensors`` file whose header metadata holds ``{"reloc_ros": "<json>"}``. The JSON always has
-``format_version``, ``kind`` ("map" or "reference"), ``created`` (UTC ISO time) and, for maps, ``front_end``.
+``format_version``, ``kind`` ("map" or "reference"), ``created`` (UTC ISO time) and, for maps, ``front_end``
+(``BASE_SCHEMA``). Each front end declares the rest of its map's metadata as a JSON Schema (``METADATA_SCHEMA``
+next to its code; the reference model's in ``refinement/reference.py``); ``check_metadata`` validates a file
+against it before any tensor is used, so a bad key is one line naming the file, the key and what was expected.
 The refinement reference model lives next to a map as ``<stem>.ref.safetensors`` (see ``reference_path``).
 """
 from __future__ import annotations
@@ -13,15 +16,31 @@ import os
 import tempfile
 from pathlib import Path
 
+import jsonschema
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["MAP_FORMAT_VERSION", "MapFileError", "save_map", "load_map", "read_metadata", "reference_path",
-           "atomic_write_bytes", "atomic_torch_save"]
+__all__ = ["MAP_FORMAT_VERSION", "MIN_FORMAT_VERSION", "BASE_SCHEMA", "MapFileError", "save_map", "load_map",
+           "read_metadata", "check_metadata", "reference_path", "atomic_write_bytes", "atomic_torch_save"]
 
 MAP_FORMAT_VERSION = 1
+MIN_FORMAT_VERSION = 1
 _KEY = "reloc_ros"
+
+# What every map / reference file's metadata holds (JSON Schema, draft 2020-12).
+BASE_SCHEMA = {
+    "type": "object",
+    "required": ["format_version", "kind"],
+    "properties": {
+        "format_version": {"type": "integer"},
+        "kind": {"enum": ["map", "reference"]},
+        "created": {"type": "string"},
+        "front_end": {"type": "string"},
+    },
+    "if": {"properties": {"kind": {"const": "map"}}},
+    "then": {"required": ["front_end"]},
+}
 
 
 class MapFileError(RuntimeError):
@@ -101,18 +120,38 @@ def read_metadata(path: str | os.PathLike) -> dict:
         meta = json.loads(header["__metadata__"][_KEY])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise MapFileError(f"{path}: not a reloc_ros map file (safetensors with reloc_ros metadata): {e}") from e
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > MAP_FORMAT_VERSION:
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or not (
+            MIN_FORMAT_VERSION <= version <= MAP_FORMAT_VERSION):
         raise MapFileError(f"{path}: map format version {version!r} is not supported by this reloc_ros "
-                           f"(supports <= {MAP_FORMAT_VERSION}); upgrade reloc_ros or re-map the scene")
+                           f"(supports {MIN_FORMAT_VERSION}..{MAP_FORMAT_VERSION}); "
+                           + ("upgrade reloc_ros or re-map the scene" if isinstance(version, int)
+                              and version > MAP_FORMAT_VERSION else "re-map the scene"))
+    check_metadata(meta, BASE_SCHEMA, path)
     return meta
 
 
-def load_map(path: str | os.PathLike, device: str = "cpu", kind: str | None = "map") -> tuple[dict, dict]:
-    """Load ``(tensors, metadata)``; raises ``MapFileError`` with the file name and the problem."""
+def check_metadata(meta: dict, schema: dict, source) -> None:
+    """Raise ``MapFileError`` naming ``source`` (the file), the first offending key and what was expected unless
+    ``meta`` satisfies the JSON Schema ``schema``."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(meta), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if not errors:
+        return
+    err = errors[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+    raise MapFileError(f"{source}: bad map metadata{f' at {where!r}' if where else ''}: {err.message}")
+
+
+def load_map(path: str | os.PathLike, device: str = "cpu", kind: str | None = "map",
+             schema: dict | None = None) -> tuple[dict, dict]:
+    """Load ``(tensors, metadata)``, the metadata checked against ``schema`` (JSON Schema) when given; raises
+    ``MapFileError`` with the file name and the problem."""
     meta = read_metadata(path)
     if kind is not None and meta.get("kind") != kind:
         raise MapFileError(f"{path}: this is a {meta.get('kind')!r} file, expected a {kind!r} file")
+    if schema is not None:
+        check_metadata(meta, schema, path)
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:

@@ -15,6 +15,7 @@ from reloc_ros.frontends.implicit.train import DEFAULT_CONF, CONF_HELP, map_meta
 from reloc_ros.geometry.camera import Camera
 from reloc_ros.geometry.kabsch import weighted_kabsch
 from reloc_ros.geometry.pose import invert_T, make_T, rotation_angle_deg, so3_exp, transform_points
+from reloc_ros.localizer import Localizer
 from reloc_ros.map_file import MapFileError, load_map, save_map
 
 
@@ -204,11 +205,11 @@ def test_malformed_map_files_raise_clear_errors(tmp_path):
     with pytest.raises(MapFileError, match="not found"):
         load_implicit_map(tmp_path / "nope.safetensors")
     ace = save_map(tmp_path / "ace.safetensors", net.state_dict(), {**meta, "front_end": "ace"})
-    with pytest.raises(MapFileError, match="'ace', not 'implicit'"):
+    with pytest.raises(MapFileError, match="at 'front_end': 'implicit' was expected"):
         load_implicit_map(ace)
     no_model = save_map(tmp_path / "nomodel.safetensors", net.state_dict(),
                         {k: v for k, v in meta.items() if k != "model"})
-    with pytest.raises(MapFileError, match="lacks"):
+    with pytest.raises(MapFileError, match="'model' is a required property"):
         load_implicit_map(no_model)
     sd = dict(net.state_dict())
     sd.pop("out.weight")
@@ -220,8 +221,21 @@ def test_malformed_map_files_raise_clear_errors(tmp_path):
     with pytest.raises(MapFileError, match="do not fit"):
         load_implicit_map(wrong)
     newer = save_map(tmp_path / "newer.safetensors", net.state_dict(), {**meta, "implicit_version": 99})
-    with pytest.raises(MapFileError, match="version 99"):
+    with pytest.raises(MapFileError, match="at 'implicit_version': 99 is greater than the maximum of 1"):
         load_implicit_map(newer)
+
+
+def test_metadata_schema_covers_the_model_keys(tmp_path):
+    from reloc_ros.frontends.implicit.frontend import IMPLICIT_METADATA_SCHEMA
+    from reloc_ros.frontends.implicit.train import model_conf_keys
+    model = IMPLICIT_METADATA_SCHEMA["properties"]["model"]
+    assert set(model["required"]) == set(model["properties"]) == set(model_conf_keys())
+    net, path, meta = _tiny_map(tmp_path)
+    bad = save_map(tmp_path / "bad.safetensors", net.state_dict(),
+                   {**meta, "model": {**meta["model"], "image_height": "tall"}})
+    with pytest.raises(MapFileError, match=r"bad\.safetensors: .*at 'model\.image_height': 'tall' is not of type "
+                                           "'integer'"):
+        Localizer.from_map(bad)
 
 
 def test_default_conf_is_documented_and_validated(tmp_path):

@@ -57,19 +57,63 @@ def test_errors_are_clear(tmp_path):
         save_map(tmp_path / "n.safetensors", {"x": torch.zeros(1)}, {})
 
 
-def test_newer_format_is_refused(tmp_path):
-    p = save_map(tmp_path / "v.safetensors", {"x": torch.zeros(1)}, {"front_end": "ace"})
-    raw = p.read_bytes()
+def rewrite_metadata(src, dst, edit) -> None:
+    """Copy the map file ``src`` to ``dst`` with its JSON metadata passed through ``edit(meta) -> meta``, bytes of
+    the tensors untouched (save_map would re-stamp the format version)."""
+    raw = src.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
-    meta = json.loads(header["__metadata__"]["reloc_ros"])
-    meta["format_version"] = MAP_FORMAT_VERSION + 1
-    header["__metadata__"]["reloc_ros"] = json.dumps(meta)
+    header["__metadata__"]["reloc_ros"] = json.dumps(edit(json.loads(header["__metadata__"]["reloc_ros"])))
     hb = json.dumps(header).encode()
     hb += b" " * ((8 - len(hb) % 8) % 8)
-    p.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
-    with pytest.raises(MapFileError, match="format version .* is not supported"):
+    dst.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
+
+
+@pytest.mark.parametrize("version", [MAP_FORMAT_VERSION + 1, 0, "1", None, True])
+def test_format_version_outside_the_supported_range_is_refused(tmp_path, version):
+    p = save_map(tmp_path / "v.safetensors", {"x": torch.zeros(1)}, {"front_end": "ace"})
+    rewrite_metadata(p, p, lambda m: {**m, "format_version": version})
+    with pytest.raises(MapFileError, match=r"v\.safetensors: map format version .* is not supported by this reloc_ros \(supports 1\.\.1\)"):
         load_map(p)
+
+
+def _drop(key):
+    def edit(meta):
+        parent, _, leaf = key.rpartition(".")
+        node = meta[parent] if parent else meta
+        del node[leaf]
+        return meta
+    return edit
+
+
+def _set(key, value):
+    def edit(meta):
+        parent, _, leaf = key.rpartition(".")
+        (meta[parent] if parent else meta)[leaf] = value
+        return meta
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_drop("front_end"), r"'front_end' is a required property"),
+    (_drop("head"), r"'head' is a required property"),
+    (_drop("encoder"), r"'encoder' is a required property"),
+    (_set("image_height", "tall"), r"at 'image_height': 'tall' is not of type 'integer'"),
+    (_set("head.width", 7.5), r"at 'head\.width': 7\.5 is not of type 'integer'"),
+    (_set("kind", "banana"), r"at 'kind': 'banana' is not one of \['map', 'reference'\]"),
+    (_set("front_end", "nerf"), r"front end 'nerf', which this reloc_ros does not have"),
+    (_set("head.width", 100), r"tensors do not fit the ACE head \(in_dim 64, width 100, .* the metadata describes: "
+                              r"\S+ is \d+(x\d+)?, expected 100(x100)?;"),
+])
+def test_bad_ace_metadata_is_one_clear_line(demo_map_ace, tmp_path, edit, message):
+    """A map whose metadata lacks a key, has a wrong type or disagrees with its tensors: one MapFileError line
+    naming the file and the key, before any network is run."""
+    from reloc_ros.localizer import Localizer
+    bad = tmp_path / "bad.map.safetensors"
+    rewrite_metadata(demo_map_ace[0], bad, edit)
+    with pytest.raises(MapFileError, match=message) as info:
+        Localizer.from_map(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_metadata_is_strict_json_without_nan(tmp_path):

@@ -88,6 +88,14 @@ def test_reference_round_trip(scene, tmp_path):
         load_reference(fake_map)
     with pytest.raises(ValueError, match="lacks tensors"):
         load_reference(({"points_xyz": tensors["points_xyz"]}, meta))
+    # metadata against its declared schema: one line naming the key
+    with pytest.raises(MapFileError, match="at 'levels': 'x2' is not of type 'array'"):
+        load_reference((tensors, {**meta, "levels": "x2"}))
+    with pytest.raises(MapFileError, match="'strides' is a required property"):
+        load_reference((tensors, {k: v for k, v in meta.items() if k != "strides"}))
+    bad = save_map(tmp_path / "bad.ref.safetensors", tensors, {**meta, "strides": {"x2": "two"}}, kind="reference")
+    with pytest.raises(MapFileError, match=r"bad\.ref\.safetensors: bad map metadata at 'strides\.x2': 'two' is not"):
+        load_reference(bad)
 
 
 def test_depth_registration_and_unregistered_depth_error(scene):

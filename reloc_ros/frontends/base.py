@@ -9,7 +9,7 @@ import numpy as np
 
 from ..geometry.camera import Camera
 
-__all__ = ["LocalizationResult", "RefinementInfo", "FrontEnd", "FRONT_ENDS", "front_end_class"]
+__all__ = ["LocalizationResult", "RefinementInfo", "FrontEnd", "FRONT_ENDS", "front_end_class", "load_weights"]
 
 
 @dataclass
@@ -52,6 +52,7 @@ class LocalizationResult:
 
 class FrontEnd(Protocol):
     name: str
+    METADATA_SCHEMA: dict   # JSON Schema of the map metadata this front end reads (map_file.check_metadata)
 
     @classmethod
     def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "FrontEnd": ...
@@ -71,3 +72,22 @@ def front_end_class(name: str):
         raise ValueError(f"unknown front end {name!r}; choose one of {sorted(FRONT_ENDS)}")
     module, cls = FRONT_ENDS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def load_weights(module, state_dict: dict, what: str) -> None:
+    """``module.load_state_dict(state_dict, strict=True)``, raising one ``MapFileError`` line that names the first
+    missing, unexpected or misshaped tensors (not torch's 20-line size-mismatch report). ``what``: e.g. "ACE head
+    (width 512)"."""
+    from ..map_file import MapFileError
+
+    own = module.state_dict()
+    problems = [f"{k} missing" for k in own if k not in state_dict]
+    problems += [f"{k} unexpected" for k in state_dict if k not in own]
+    shape = lambda t: "x".join(map(str, t.shape)) or "scalar"  # noqa: E731
+    problems += [f"{k} is {shape(v)}, expected {shape(own[k])}" for k, v in state_dict.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise MapFileError(f"the tensors do not fit the {what} the metadata describes: "
+                           f"{'; '.join(problems[:3])}{more}")
+    module.load_state_dict(state_dict, strict=True)

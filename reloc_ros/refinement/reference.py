@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from ..geometry.camera import Camera
-from ..map_file import load_map, save_map
+from ..map_file import MapFileError, check_metadata, load_map, save_map
 from .features import LEVELS, XFeatPyramid, pixel_to_level, reduce_and_normalize, rgb_to_gray, sample_bilinear
 
 __all__ = ["DEFAULT_CONF", "build_reference", "load_reference", "ReferenceModel", "ReferenceBuildError",
@@ -368,13 +368,34 @@ class ReferenceModel:
         return int(self.points_xyz.shape[0])
 
 
+# What a reference model's metadata must hold (JSON Schema; build_reference writes it).
+REFERENCE_METADATA_SCHEMA = {
+    "type": "object",
+    "required": ["levels", "strides", "image_names"],
+    "properties": {
+        "kind": {"const": "reference"},
+        "features": {"const": "xfeat"},
+        "gray": {"type": "string"},
+        "levels": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "strides": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        "blur": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+        "image_names": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
 def load_reference(source, device: str = "cpu") -> ReferenceModel:
     """From a reference file path or a ``(tensors, metadata)`` pair. Raises ``MapFileError`` / ``ValueError``."""
     if isinstance(source, (str, Path)):
-        tensors, meta = load_map(source, device="cpu", kind="reference")
+        tensors, meta = load_map(source, device="cpu", kind="reference", schema=REFERENCE_METADATA_SCHEMA)
     else:
         tensors, meta = source
+        check_metadata(meta, REFERENCE_METADATA_SCHEMA, "reference model")
     levels = list(meta["levels"])
+    unknown = [lv for lv in levels if lv not in meta["strides"]]
+    if unknown:
+        raise MapFileError(f"{source if isinstance(source, (str, Path)) else 'reference model'}: levels {unknown} "
+                           "have no stride in the metadata")
     missing = [k for k in ["points_xyz", "points_image", "image_offsets", "image_poses"]
                + [f"{p}_{lv}" for lv in levels for p in ("feat", "pca_mean", "pca_proj")] if k not in tensors]
     if missing:

@@ -9,8 +9,9 @@ import torch
 
 from ...estimators.pnp import pnp_ransac
 from ...geometry.camera import Camera
+from ...map_file import MapFileError, check_metadata
 from ...precision import autocast_context, resolve_precision
-from ..base import LocalizationResult
+from ..base import LocalizationResult, load_weights
 from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor
 from .head import SceneCoordinateHead
 
@@ -44,10 +45,31 @@ DEFAULT_OPTIONS = {
 }
 
 
+_INT = {"type": "integer", "minimum": 1}
+# What an ACE map's metadata must hold (JSON Schema; ace/train.py _write_ace_map writes it).
+ACE_METADATA_SCHEMA = {
+    "type": "object",
+    "required": ["front_end", "encoder", "image_height", "head"],
+    "properties": {
+        "front_end": {"const": "ace"},
+        "encoder": {"type": "string", "minLength": 1},
+        "encoder_dim": _INT,
+        "standardize_features": {"type": "boolean"},
+        "image_height": {"type": "integer", "minimum": 8},
+        "head": {"type": "object", "required": ["in_dim", "width", "num_blocks", "homogeneous"],
+                 "properties": {"in_dim": _INT, "width": _INT, "num_blocks": {"type": "integer", "minimum": 0},
+                                "homogeneous": {"type": "boolean"}}},
+        "scene_mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+        "training": {"type": "object"},
+    },
+}
+
+
 class AceFrontEnd:
     """Scene-coordinate regression with a frozen encoder and a per-scene head (front end "ace")."""
 
     name = "ace"
+    METADATA_SCHEMA = ACE_METADATA_SCHEMA
 
     def __init__(self, encoder, head: SceneCoordinateHead, feature_mean, feature_std, image_height: int,
                  device="cpu", **options):
@@ -95,17 +117,20 @@ class AceFrontEnd:
 
     @classmethod
     def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "AceFrontEnd":
-        """Build from ``load_map`` output. ``options``: see ``DEFAULT_OPTIONS``."""
-        if metadata.get("front_end") != "ace":
-            raise ValueError(f"not an ACE map (front_end={metadata.get('front_end')!r})")
+        """Build from ``load_map`` output (metadata as in ``ACE_METADATA_SCHEMA``). ``options``: see
+        ``DEFAULT_OPTIONS``. Raises ``MapFileError`` when the tensors do not fit the metadata."""
+        check_metadata(metadata, ACE_METADATA_SCHEMA, "ACE map")
+        missing = [k for k in ("feature_mean", "feature_std") if k not in tensors]
+        if missing:
+            raise MapFileError(f"the ACE map lacks the tensors {missing}")
         hc = metadata["head"]
         head = SceneCoordinateHead(hc["in_dim"], hc["width"], hc["num_blocks"], hc["homogeneous"])
         sd = {k[len("head."):]: v.float() for k, v in tensors.items() if k.startswith("head.")}
-        head.load_state_dict(sd)
+        load_weights(head, sd, f"ACE head (in_dim {hc['in_dim']}, width {hc['width']}, {hc['num_blocks']} blocks)")
         encoder = make_encoder(metadata["encoder"], device, weights=options.get("encoder_weights"))
         if encoder.dim != hc["in_dim"]:
-            raise ValueError(f"encoder {metadata['encoder']} gives {encoder.dim}-d features, the head expects "
-                             f"{hc['in_dim']}")
+            raise MapFileError(f"encoder {metadata['encoder']} gives {encoder.dim}-d features, the head expects "
+                               f"{hc['in_dim']}")
         return cls(encoder, head, tensors["feature_mean"], tensors["feature_std"], metadata["image_height"], device,
                    **options)
 

@@ -28,35 +28,50 @@ import torch
 from ...geometry.camera import Camera, InvalidCameraError
 from ...geometry.kabsch import DegenerateWeightsError
 from ...geometry.pose import covariance_right_to_world, make_T, position_confidence
-from ...map_file import MapFileError, load_map
+from ...map_file import MapFileError, check_metadata, load_map
 from ...precision import autocast_context, resolve_precision
-from ..base import LocalizationResult
+from ..base import LocalizationResult, load_weights
 from .model import ImplicitPoseNet, camera_rays, normalize_images
-from .train import IMPLICIT_MAP_VERSION, model_conf_keys
+from .train import IMPLICIT_MAP_VERSION
 
 __all__ = ["ImplicitFrontEnd", "load_implicit_map", "model_from_map", "pose_covariance"]
 
 
+def _implicit_metadata_schema() -> dict:
+    """What an implicit map's metadata must hold (JSON Schema; train.py ``map_metadata`` writes it)."""
+    number, positive_int = {"type": "number"}, {"type": "integer", "minimum": 1}
+    model = {"arch": {"type": "string"}, "output_stride": positive_int, "dilated": {"type": "boolean"},
+             "head_channels": positive_int, "head_layers": positive_int, "image_width": positive_int,
+             "image_height": positive_int, "d_min": number, "d_max": number}
+    return {
+        "type": "object",
+        "required": ["front_end", "implicit_version", "model", "scene_centre", "scene_extent_m"],
+        "properties": {
+            "front_end": {"const": "implicit"},
+            "implicit_version": {"type": "integer", "minimum": 1, "maximum": IMPLICIT_MAP_VERSION},
+            "model": {"type": "object", "required": sorted(model), "properties": model},
+            "scene_centre": {"type": "array", "items": number, "minItems": 3, "maxItems": 3},
+            "scene_extent_m": {"type": "number", "exclusiveMinimum": 0},
+            "training": {"type": "object"},
+        },
+    }
+
+
+IMPLICIT_METADATA_SCHEMA = _implicit_metadata_schema()
+
+
 def model_from_map(tensors: dict, metadata: dict, device="cpu") -> ImplicitPoseNet:
-    """Build the network described by an implicit map's metadata and load its tensors (MapFileError if they do
-    not fit)."""
-    if metadata.get("front_end") != "implicit":
-        raise MapFileError(f"map is for front end {metadata.get('front_end')!r}, not 'implicit'")
-    version = metadata.get("implicit_version")
-    if not isinstance(version, int) or version > IMPLICIT_MAP_VERSION:
-        raise MapFileError(f"implicit map version {version!r} is not supported (<= {IMPLICIT_MAP_VERSION})")
-    missing = [k for k in ("model", "scene_centre", "scene_extent_m") if k not in metadata]
-    mconf = metadata.get("model", {})
-    missing += [f"model.{k}" for k in model_conf_keys() if k not in mconf]
-    if missing:
-        raise MapFileError(f"implicit map metadata lacks {missing}")
+    """Build the network described by an implicit map's metadata (``IMPLICIT_METADATA_SCHEMA``) and load its
+    tensors (MapFileError if the metadata or the tensors do not fit)."""
+    check_metadata(metadata, IMPLICIT_METADATA_SCHEMA, "implicit map")
+    mconf = metadata["model"]
     try:
         model = ImplicitPoseNet(mconf["arch"], int(mconf["output_stride"]), bool(mconf["dilated"]),
                                 int(mconf["head_channels"]), int(mconf["head_layers"]), metadata["scene_centre"],
                                 float(metadata["scene_extent_m"]), float(mconf["d_min"]), float(mconf["d_max"]))
-        model.load_state_dict({k: v.to("cpu") for k, v in tensors.items()}, strict=True)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise MapFileError(f"implicit map tensors do not fit the network its metadata describes: {e}") from e
+    except (ValueError, KeyError) as e:
+        raise MapFileError(f"implicit map metadata describes no buildable network: {e}") from e
+    load_weights(model, {k: v.to("cpu") for k, v in tensors.items()}, f"implicit network ({mconf['arch']})")
     return model.to(device).eval()
 
 
@@ -92,6 +107,7 @@ class ImplicitFrontEnd:
     """
 
     name = "implicit"
+    METADATA_SCHEMA = IMPLICIT_METADATA_SCHEMA
     # Refiner options the Localizer applies under the caller's: this front end's poses are often 10-50 cm off,
     # outside the LM's basin, so the refinement also starts from a PnP pose on feature matches of 512 reference
     # points (7-Scenes: 67.0 % -> 75.8 % within 5 cm/5°, refinement 27 ms; 1024 points: 77.0 % at 30 ms;
