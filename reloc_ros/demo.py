@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .cli_args import UsageError, check_output_dir, number
+
 __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,8 +186,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder (default out/demo)")
-    p.add_argument("--front-end", default="ace", choices=("ace", "implicit"))
-    p.add_argument("--minutes", type=float, default=8.0,
+    p.add_argument("--front-end", default="ace", choices=("ace", "implicit"), help="front end (default ace)")
+    p.add_argument("--minutes", type=number(float, min=0, min_exclusive=True), default=8.0,
                    help="mapping wall-clock cap (default 8); the schedule is a fixed number of iterations (ACE "
                         "4000 here), shortened with a warning when the cap buys fewer")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
@@ -194,14 +196,15 @@ def main(argv=None) -> int:
                    help="front-end training option for step 2 (see reloc-map --show-config)")
     p.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE",
                    help="reference-model option for step 2, e.g. unregistered_depth=identity for raw 7-Scenes depth")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--rate", type=float, default=None, help="replay at R x real time (default: as fast as the node "
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--rate", type=number(float, min=0, min_exclusive=True), default=None, help="replay at R x real time (default: as fast as the node "
                                                             "keeps up)")
-    p.add_argument("--fps", type=float, default=10.0, help="frame rate written into the query bag")
-    p.add_argument("--limit", type=int, help="use N query frames only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-mapping", type=int, default=200)
-    p.add_argument("--n-query", type=int, default=100)
+    p.add_argument("--fps", type=number(float, min=0, min_exclusive=True), default=10.0,
+                   help="frame rate written into the query bag (Hz, default 10)")
+    p.add_argument("--limit", type=number(int, min=1), help="use N query frames only")
+    p.add_argument("--seed", type=number(int, min=0), default=0, help="seed of the generated scene (default 0)")
+    p.add_argument("--n-mapping", type=number(int, min=1), default=200, help="mapping frames of the scene (default 200)")
+    p.add_argument("--n-query", type=number(int, min=1), default=100, help="query frames of the scene (default 100)")
     p.add_argument("--dataset", type=Path, help="a real dataset folder (7-Scenes layout etc.) instead of the scene")
     p.add_argument("--frames-map", help="mapping frame list (default: mapping.txt of the dataset)")
     p.add_argument("--frames-query", help="query frame list (default: query.txt of the dataset)")
@@ -212,6 +215,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     out = args.out / (args.dataset.name if args.dataset else "")
+    try:
+        check_output_dir(out, "--out")
+    except UsageError as e:
+        print(f"reloc-demo: error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     done, offline, replay = [], None, None

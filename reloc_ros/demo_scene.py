@@ -36,6 +36,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .cli_args import UsageError, check_output_dir, number
+
 __all__ = ["GENERATOR_VERSION", "DemoScene", "generate_demo_scene", "build_scene", "render", "trajectories",
            "DEMO_K", "main"]
 
@@ -457,13 +459,19 @@ Parameters: `{params}`
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="reloc-demo-scene", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-mapping", type=int, default=200)
-    ap.add_argument("--n-query", type=int, default=100)
-    ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count, at most 4)")
+    ap.add_argument("--seed", type=number(int, min=0), default=0, help="random seed of the scene (default 0)")
+    ap.add_argument("--n-mapping", type=number(int, min=1), default=200, help="mapping frames (default 200)")
+    ap.add_argument("--n-query", type=number(int, min=1), default=100, help="query frames (default 100)")
+    ap.add_argument("--width", type=number(int, min=16), default=640, help="image width in pixels (default 640)")
+    ap.add_argument("--height", type=number(int, min=16), default=480, help="image height in pixels (default 480)")
+    ap.add_argument("--workers", type=number(int, min=1), default=None,
+                    help="render processes (default: CPU count, at most 4)")
     a = ap.parse_args(argv)
+    try:
+        check_output_dir(a.out, "--out")
+    except UsageError as e:
+        print(f"reloc-demo-scene: error: {e}", file=sys.stderr)
+        return 2
     out = generate_demo_scene(a.out, a.seed, a.n_mapping, a.n_query, a.width, a.height, workers=a.workers)
     print(f"demo scene written to {out}")
     return 0

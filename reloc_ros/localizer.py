@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .device import check_device
 from .frontends.base import FRONT_ENDS, LocalizationResult, RefinementInfo, front_end_class
 from .geometry.camera import Camera
 from .map_file import MapFileError, check_metadata, load_map, reference_path
@@ -87,6 +88,7 @@ class Localizer:
                  reference: str | Path | None = None, front_end_options: dict | None = None,
                  refiner_options: dict | None = None, **localizer_options) -> "Localizer":
         """Load a map file (and its reference model when ``refine``). Raises ``MapFileError`` with the reason."""
+        device = check_device(device)
         tensors, meta = load_map(map_path, device="cpu", kind="map")
         if meta["front_end"] not in FRONT_ENDS:
             raise MapFileError(f"{map_path}: the map is for front end {meta['front_end']!r}, which this reloc_ros "

@@ -57,8 +57,23 @@ def reference_path(map_path: str | os.PathLike) -> Path:
     return p.with_name(name + ".ref.safetensors")
 
 
+def _umask() -> int:
+    """The process umask (read from /proc on Linux, else set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path`` (same directory)."""
+    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path`` (same directory). The file gets the
+    mode a plain ``open(path, "w")`` would (0666 minus the umask), not mkstemp's 0600: a node running as another
+    user must be able to read the map."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -67,6 +82,7 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -52,7 +52,10 @@ def rgb_to_gray(images: np.ndarray | list, mode: str = "bt601", device="cpu") ->
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         shape = arr.shape[1:] if arr.ndim == 4 else arr.shape
         raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {shape} {arr.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device).float().mul_(1 / 255.0)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # e.g. np.asarray(PIL image): torch warns about read-only memory
+        arr = arr.copy()
+    t = torch.from_numpy(arr).to(device).float().mul_(1 / 255.0)
     if mode == "bt601":
         gray = t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114
     else:

@@ -84,3 +84,18 @@ def test_from_colmap_projects_like_colmap(model, params):
     ours = cam.project(X)[0]
     theirs = cc.img_from_cam(X)  # COLMAP pixels: origin at the top-left corner of the image
     np.testing.assert_allclose(ours, np.asarray(theirs) - 0.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("info, message", [
+    ({"width": 640, "height": 480, "k": [500.0] * 8}, r"K must be 3x3 \(9 values, row-major\), got 8 values"),
+    ({"height": 480, "k": [500, 0, 320, 0, 500, 240, 0, 0, 1]}, r"camera info has no 'width' \(image size\)"),
+    ({"width": 640.5, "height": 480, "k": [500, 0, 320, 0, 500, 240, 0, 0, 1]},
+     r"image width must be an integer number of pixels, got 640\.5"),
+    ({"width": "wide", "height": 480, "k": [500, 0, 320, 0, 500, 240, 0, 0, 1]}, r"got 'wide'"),
+    ({"width": 640, "height": 480, "k": ["a"] * 9}, r"K must be numbers"),
+    ({"width": 640, "height": 480, "k": [500, 0, 320, 0, 500, 240, 0, 0, 1], "d": ["x"]}, r"distortion must be numbers"),
+])
+def test_malformed_camera_info_is_one_clear_error(info, message):
+    with pytest.raises(InvalidCameraError, match=message):
+        Camera.from_camera_info(info)
+    assert Camera.from_camera_info({"width": 640.0, "height": 480, "k": [500, 0, 320, 0, 500, 240, 0, 0, 1]}).width == 640

@@ -18,11 +18,21 @@ def test_help(name, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("minutes", ["-1", "nan", "0"])
+@pytest.mark.parametrize("minutes", ["-1", "nan", "0", "inf", "ten"])
 def test_reloc_map_refuses_a_bad_minutes_cap_before_any_work(minutes, tmp_path, capsys):
     from reloc_ros.mapping.cli import main
     out = tmp_path / "m.map.safetensors"
-    assert main(["--dataset", str(tmp_path), "--out", str(out), "--minutes", minutes]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", str(tmp_path), "--out", str(out), "--minutes", minutes])
+    assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "--minutes" in err and "Traceback" not in err
+    assert "argument --minutes" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob("*.ckpt.pt"))
+
+
+def test_help_states_defaults_and_required_flags(capsys):
+    from reloc_ros.mapping.cli import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(required)" in text and "iterations=9600" in text and "epochs=110" in text and "ACE 10, implicit 20" in text

@@ -79,3 +79,34 @@ def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp
         assert cos.mean() > 0.99, (lv, float(cos.mean()))
     ref_mean = build_reference(mapping, tmp_path / "mean.ref.safetensors", {"pca_images": 6, "gray": "mean"})
     assert not Localizer.from_map(path, refine=True, reference=ref_mean).shares_features
+
+
+@pytest.mark.parametrize("device, message", [
+    ("banana", r"device 'banana' is not a torch device \(expected 'cpu', 'cuda' or 'cuda:N'\)"),
+    ("cuda", r"device 'cuda' requested but (this torch build has no CUDA|no CUDA GPU is visible)"),
+    ("cuda:99", r"device 'cuda:99'"),
+    ("mps", r"device 'mps': only 'cpu' and 'cuda\[:N\]' are supported"),
+])
+def test_bad_device_is_refused_before_loading(demo_map_ace, device, message):
+    import torch
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match=message):
+        Localizer.from_map(demo_map_ace[0], device=device)
+
+
+def test_read_only_images_localize_without_warnings(demo_map_ace, demo_scene_root, tmp_path):
+    """np.asarray(PIL image) is read-only: every tensor entry point copies instead of warning."""
+    import warnings
+
+    from reloc_ros.frontends.implicit.model import normalize_images
+    from reloc_ros.xfeat import rgb_to_gray
+    frame = open_dataset(demo_scene_root, frames=demo_map_ace[1][:1])[0]
+    image = frame.image.copy()
+    image.flags.writeable = False
+    loc = Localizer.from_map(demo_map_ace[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loc.localize(image, frame.camera).success
+        assert normalize_images(image).shape == (1, 3, 480, 640)
+        assert rgb_to_gray(image).shape == (1, 1, 480, 640)

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..cli_args import UsageError, check_new_dir, number
 from ..geometry.pose import invert_T, make_T, quat_xyzw_from_R, so3_exp
 from .base import Dataset, DatasetError
 
@@ -194,25 +195,28 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", default=None, help="frame list (e.g. query.txt) / Cambridge split")
     ap.add_argument("--intrinsics", default=None, type=Path, help="3x3 K file (when the dataset has none)")
     ap.add_argument("--out", required=True, type=Path, help="output bag folder (must not exist)")
-    ap.add_argument("--fps", type=float, default=10.0)
-    ap.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    ap.add_argument("--fps", type=number(float, min=0, min_exclusive=True), default=10.0,
+                    help="frame rate of the written stamps (Hz, > 0; default 10)")
+    ap.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage (default mcap)")
     ap.add_argument("--compressed", action="store_true", help="write JPEG CompressedImage instead of raw rgb8")
-    ap.add_argument("--map-frame", default="map")
-    ap.add_argument("--camera-frame", default="camera_optical_frame")
+    ap.add_argument("--map-frame", default="map", help="world frame of the ground truth (default map)")
+    ap.add_argument("--camera-frame", default="camera_optical_frame",
+                    help="frame_id of the images (default camera_optical_frame)")
     ap.add_argument("--odom-tf", action="store_true",
                     help="TF as odom->base_link (drifting) + static base_link->camera; truth map->odom on "
                          "/ground_truth/map_odom")
-    ap.add_argument("--odom-frame", default="odom")
-    ap.add_argument("--base-frame", default="base_link")
+    ap.add_argument("--odom-frame", default="odom", help="odometry frame with --odom-tf (default odom)")
+    ap.add_argument("--base-frame", default="base_link", help="robot body frame with --odom-tf (default base_link)")
     a = ap.parse_args(argv)
     from . import open_dataset
 
     try:
+        check_new_dir(a.out, "--out")
         ds = open_dataset(a.dataset, frames=a.frames, intrinsics=a.intrinsics)
         out = write_bag(ds, a.out, fps=a.fps, storage=a.storage, compressed=a.compressed, map_frame=a.map_frame,
                         camera_frame=a.camera_frame, odom_tf=a.odom_tf, odom_frame=a.odom_frame,
                         base_frame=a.base_frame)
-    except (DatasetError, FileExistsError) as e:
+    except (DatasetError, FileExistsError, UsageError) as e:
         print(f"reloc-bag-from-dataset: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(ds)} frames to {out} ({a.storage})")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..cli_args import check_input_file, check_output_dir, check_output_file, number
 from ..metrics import pose_error, summarize_errors
 from .consistency import nees_inside_fraction, pose_error_vector
 from .report import (latency_stats, machine_info, map_bytes, print_summary, refinement_summary, write_json,
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--refine", action="store_true", help="run the featuremetric refinement (needs <map>.ref)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--reference", type=Path, help="reference model for --refine (default: <map stem>.ref.safetensors)")
-    p.add_argument("--limit", type=int, help="evaluate N queries spread evenly over the selection")
+    p.add_argument("--limit", type=number(int, min=1), help="evaluate N queries spread evenly over the selection")
     p.add_argument("--json", required=True, type=Path, help="where to write the results JSON")
     p.add_argument("--plots", type=Path, help="folder for PNG plots (trajectory, errors, CDF, latency)")
     p.add_argument("--tum", type=Path, help="folder for TUM trajectory files (groundtruth.tum, estimate.tum)")
@@ -172,6 +173,11 @@ def main(argv=None) -> int:
                    help="refiner options, e.g. '{\"max_points\": 1024}' (refinement/refiner.py DEFAULT_REFINER_CONF)")
     args = p.parse_args(argv)
     try:
+        check_input_file(args.map, "--map")
+        check_output_file(args.json, "--json")
+        for flag, folder in (("--plots", args.plots), ("--tum", args.tum)):
+            if folder is not None:
+                check_output_dir(folder, flag)
         res = evaluate(args.map, args.dataset, refine=args.refine, device=args.device, frames=args.frames,
                        intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum,
                        reference=args.reference, front_end_options=args.front_end_options,

@@ -17,6 +17,24 @@ class InvalidCameraError(ValueError):
     """Intrinsics that cannot describe a camera (NaN, zero or negative focal length, bad size)."""
 
 
+def _float_array(value, what: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidCameraError(f"{what} must be numbers, got {value!r}") from None
+
+
+def _pixels(value, what: str) -> int:
+    """An image side in pixels: an integer (an integral float is accepted), else InvalidCameraError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidCameraError(f"image {what} must be an integer number of pixels, got {value!r}") from None
+    if not v.is_integer():
+        raise InvalidCameraError(f"image {what} must be an integer number of pixels, got {value!r}")
+    return int(v)
+
+
 @dataclass
 class Camera:
     """Intrinsics of one image: ``K`` (3×3, pixels), plumb_bob ``dist`` (5,), image ``width`` × ``height``."""
@@ -27,16 +45,19 @@ class Camera:
     dist: np.ndarray = field(default_factory=lambda: np.zeros(5))
 
     def __post_init__(self):
-        self.K = np.asarray(self.K, dtype=np.float64).reshape(3, 3)
+        self.K = _float_array(self.K, "K")
+        if self.K.size != 9:
+            raise InvalidCameraError(f"K must be 3x3 (9 values, row-major), got {self.K.size} values")
+        self.K = self.K.reshape(3, 3)
         d = np.zeros(5)
-        dist = np.asarray(self.dist, dtype=np.float64).reshape(-1)
+        dist = _float_array(self.dist, "distortion").reshape(-1)
         if dist.size > 5:
             if np.any(dist[5:] != 0):
                 raise InvalidCameraError(f"only plumb_bob (5 coefficients) is supported, got {dist.size} non-zero")
             dist = dist[:5]
         d[: dist.size] = dist
         self.dist = d
-        self.width, self.height = int(self.width), int(self.height)
+        self.width, self.height = _pixels(self.width, "width"), _pixels(self.height, "height")
         self.validate()
 
     # ---- construction -------------------------------------------------------------------------------------------
@@ -57,8 +78,10 @@ class Camera:
         D = info.get("d", info.get("D", []))
         if K is None:
             raise InvalidCameraError("camera info has no 'k' (intrinsic matrix)")
-        return cls(int(info["width"]), int(info["height"]), np.asarray(K, dtype=np.float64).reshape(3, 3),
-                   np.asarray(D if D is not None else [], dtype=np.float64))
+        missing = [k for k in ("width", "height") if info.get(k) is None]
+        if missing:
+            raise InvalidCameraError(f"camera info has no {' / '.join(repr(m) for m in missing)} (image size)")
+        return cls(info["width"], info["height"], K, D if D is not None else [])
 
     @classmethod
     def from_colmap(cls, cam) -> "Camera":

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from ..map_file import reference_path
+from ..cli_args import UsageError, check_input_file, check_output_file, number
+from ..device import check_device
+from ..map_file import MapFileError, reference_path
 
 __all__ = ["MapJob", "build_map", "front_end_defaults", "parse_sets", "main"]
 
@@ -67,6 +69,10 @@ def build_map(job: MapJob) -> dict:
 
     from ..training_budget import check_minutes
     check_minutes(job.minutes, "--minutes")
+    device = check_device(job.device)
+    check_output_file(job.out, "the map file")
+    if job.reference:
+        check_output_file(reference_path(job.out), "the reference model file")
     dataset_path = Path(job.dataset)
     frames = job.frames
     if frames is None and (dataset_path / "mapping.txt").is_file():
@@ -76,7 +82,7 @@ def build_map(job: MapJob) -> dict:
     conf = _merge_conf(trainer.DEFAULT_CONF, job.conf, f"{job.front_end} training")
     if job.minutes is not None:
         conf["minutes"] = float(job.minutes)
-    conf["device"] = job.device
+    conf["device"] = device
     out = Path(job.out)
     print(f"[reloc-map] {job.front_end} front end on {len(dataset)} frames of {dataset_path} "
           f"(frames: {frames or 'all'}), device {job.device} -> {out}", flush=True)
@@ -119,20 +125,23 @@ def parse_json_object(text: str, name: str) -> dict:
     return value
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reloc-map", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", type=Path, help="dataset folder (7-Scenes, Cambridge, COLMAP layout) or rosbag2")
+    p.add_argument("--dataset", type=Path, help="dataset folder (7-Scenes, Cambridge, COLMAP layout) or rosbag2 "
+                                                "(required)")
     p.add_argument("--frames", help="frame-list file (default: mapping.txt in the dataset folder if present)")
     p.add_argument("--intrinsics", type=Path, help="3x3 K file (default: rgb-intrinsics.txt in the dataset)")
-    p.add_argument("--front-end", default="ace", choices=sorted(_TRAINERS))
-    p.add_argument("--out", type=Path, help="map file to write (e.g. kitchen.map.safetensors)")
-    p.add_argument("--minutes", type=float,
+    p.add_argument("--front-end", default="ace", choices=sorted(_TRAINERS), help="front end to train (default ace)")
+    p.add_argument("--out", type=Path, help="map file to write, e.g. kitchen.map.safetensors (required); the "
+                                            "reference model goes next to it as kitchen.ref.safetensors")
+    p.add_argument("--minutes", type=number(float, min=0, min_exclusive=True),
                    help="wall-clock cap of the training in minutes (default: the front end's, ACE 10, implicit 20). "
-                        "The schedule is a number of iterations (--set iterations=N for ACE, epochs=N for implicit); "
-                        "when the cap buys fewer on this machine, the schedule is shortened with a warning")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--encoder", help="ACE encoder: xfeat | ace:PATH | disk")
+                        "The schedule is a number of iterations (ACE: iterations=9600, implicit: epochs=110; change "
+                        "with --set); when the cap buys fewer on this machine, the schedule is shortened with a "
+                        "warning")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--encoder", help="ACE encoder: xfeat | ace:PATH | disk (default xfeat)")
     p.add_argument("--config", type=Path, help="YAML file of training options (keys of --show-config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one training option")
     p.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE",
@@ -141,25 +150,38 @@ def main(argv=None) -> int:
                         "triangulation='{max_features: 2048}' to tune it)")
     p.add_argument("--no-reference", action="store_true", help="skip the refinement reference model")
     p.add_argument("--show-config", action="store_true", help="print the front end's training options and exit")
-    args = p.parse_args(argv)
-    if args.show_config:
-        print(yaml.safe_dump(front_end_defaults(args.front_end), sort_keys=True))
-        return 0
+    return p
+
+
+def _job(args, p: argparse.ArgumentParser) -> MapJob:
+    """The MapJob of the parsed flags; UsageError / ValueError for flags that cannot work."""
     if args.dataset is None or args.out is None:
         p.error("--dataset and --out are required")
+    check_output_file(args.out, "--out")
     conf = {}
     if args.config:
-        conf.update(yaml.safe_load(args.config.read_text()) or {})
+        config = yaml.safe_load(check_input_file(args.config, "--config").read_text())
+        if config is not None and not isinstance(config, dict):
+            raise UsageError(f"--config {args.config}: expected a YAML mapping of training options")
+        conf.update(config or {})
     conf.update(parse_sets(args.set))
     if args.encoder:
         if args.front_end != "ace":
             p.error("--encoder applies to the ace front end")
         conf["encoder"] = args.encoder
-    job = MapJob(args.dataset, args.out, args.front_end, args.frames, args.intrinsics, args.minutes, args.device,
-                 conf, reference=not args.no_reference, reference_conf=parse_sets(args.reference_set))
+    return MapJob(args.dataset, args.out, args.front_end, args.frames, args.intrinsics, args.minutes, args.device,
+                  conf, reference=not args.no_reference, reference_conf=parse_sets(args.reference_set))
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.show_config:
+        print(yaml.safe_dump(front_end_defaults(args.front_end), sort_keys=True))
+        return 0
     try:
-        report = build_map(job)
-    except (ValueError, FileNotFoundError) as e:
+        report = build_map(_job(args, p))
+    except (ValueError, FileNotFoundError, MapFileError, yaml.YAMLError) as e:
         print(f"reloc-map: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))

@@ -29,6 +29,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalize_images(images: np.ndarray | torch.Tensor, device="cpu", channels_last: bool = True) -> torch.Tensor:
     """(B, H, W, 3) or (H, W, 3) uint8 RGB → (B, 3, H, W) float32, ImageNet-normalised, on ``device``."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # e.g. np.asarray(PIL image): torch warns about (and cannot share) read-only memory
     x = torch.as_tensor(images)
     if x.dim() == 3:
         x = x[None]
