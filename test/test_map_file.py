@@ -127,3 +127,15 @@ def test_metadata_is_strict_json_without_nan(tmp_path):
     raw = path.read_bytes()
     header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
     json.loads(next(iter(header.values())), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    """A map written by one user must be readable by a node running as another (mkstemp alone gives 0600)."""
+    import os
+    old = os.umask(umask)
+    try:
+        p = save_map(tmp_path / "m.map.safetensors", {"x": torch.zeros(1)}, {"front_end": "ace"})
+    finally:
+        os.umask(old)
+    assert os.stat(p).st_mode & 0o777 == mode
