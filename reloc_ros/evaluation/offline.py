@@ -9,7 +9,10 @@ recall_5cm_5deg, recall_10cm_5deg, latency_ms_median, latency_ms_p95 (Localizer.
 decoded), latency_stage_ms_median (per stage), map_bytes (map + reference model), front_end, refine, device,
 precision (stage -> fp32/bf16/fp16, as resolved on this machine; precision_choices: why), map_training (iterations
 done / planned / scheduled, training precision; map_training_warning when under half the schedule),
-nees_inside_95 / nees_position_inside_95 (covariance consistency of the successful queries), machine, per_query.
+nees_inside_95 / nees_position_inside_95 (covariance consistency of the successful queries), gate (the thresholds
+applied, the node's defaults unless --gate), accepted_rate (share of queries the node's gate accepts),
+false_accept_rate (share of accepted poses off by more than 25 cm / 10°), accepted (the accuracy figures over the
+accepted queries only), machine, per_query (with accepted and gate_reason).
 Python: ``evaluate(map_path, dataset, refine=False, ...) -> dict``.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tqdm import tqdm
 
 from ..cli_args import check_input_file, check_output_dir, check_output_file, number
 from ..metrics import pose_error, summarize_errors
+from ..gating import DEFAULT_THRESHOLDS, GateThresholds, gate_result, is_false_accept
 from .consistency import nees_inside_fraction, pose_error_vector
 from .report import (latency_stats, machine_info, map_bytes, print_summary, refinement_summary, write_json,
                      write_tum)
@@ -43,13 +47,15 @@ def _open(dataset, frames, intrinsics):
 
 def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frames=None, intrinsics=None,
              limit: int | None = None, localizer=None, plots_dir=None, tum_dir=None, progress: bool = True,
-             front_end_options: dict | None = None, refiner_options: dict | None = None, reference=None) -> dict:
+             front_end_options: dict | None = None, refiner_options: dict | None = None, reference=None,
+             gate: GateThresholds = DEFAULT_THRESHOLDS) -> dict:
     """Localize the queries of ``dataset`` (a path or a ``Dataset``) with the map at ``map_path``.
 
     Returns the reloc-eval dict (see the module docstring). Frames without a ground-truth pose are an error.
     ``limit`` takes that many queries evenly spread over the sequence (not the first N, which would all be
     neighbours). ``localizer`` reuses an already loaded ``Localizer`` (map loading is not timed). ``reference``:
-    a reference model file to refine against instead of the one next to the map.
+    a reference model file to refine against instead of the one next to the map. ``gate``: the accept/reject
+    thresholds (``gating.gate_result``; default: the node's).
     """
     from ..localizer import Localizer
 
@@ -94,8 +100,9 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
             if res.covariance is not None:
                 err_vecs.append(pose_error_vector(T, frame.T_world_cam))
                 covs.append(res.covariance)
+        gate_reason = gate_result(res, gate)
         per_query.append({"name": frame.name, "stamp_ns": stamp, "success": bool(res.success),
-                          "reason": res.reason, "t_err_m": te, "r_err_deg": re,
+                          "reason": res.reason, "accepted": gate_reason == "ok", "gate_reason": gate_reason, "t_err_m": te, "r_err_deg": re,
                           "confidence": float(res.confidence), "inlier_count": int(res.inlier_count),
                           "latency_ms": lat[-1],
                           "refinement_ran": res.refinement is not None and bool(res.refinement.ran),
@@ -105,6 +112,7 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
                           "T_world_cam": None if T is None else np.asarray(T).tolist()})
 
     out = summarize_errors(t_errs, r_errs)
+    out.update(gate_summary(per_query, gate))
     out.update(latency_stats(lat))
     out["latency_stage_ms_median"] = {s: float(np.median(v)) for s, v in stages.items()}
     out.update(refinement_summary(per_query))
@@ -144,6 +152,15 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     return out
 
 
+def gate_summary(per_query: list[dict], gate: GateThresholds) -> dict:
+    """accepted_rate, false_accept_rate and the accuracy over the accepted queries (``per_query`` of evaluate)."""
+    acc = [q for q in per_query if q["accepted"]]
+    false = sum(is_false_accept(q["t_err_m"], q["r_err_deg"]) for q in acc)
+    return {"gate": gate.as_dict(), "accepted_rate": len(acc) / max(len(per_query), 1),
+            "false_accept_rate": false / len(acc) if acc else float("nan"),
+            "accepted": summarize_errors([q["t_err_m"] for q in acc], [q["r_err_deg"] for q in acc])}
+
+
 def _json_object(text: str) -> dict:
     """argparse type of the JSON-object options."""
     from ..mapping.cli import parse_json_object
@@ -151,6 +168,13 @@ def _json_object(text: str) -> dict:
         return parse_json_object(text, "the value")
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _gate(overrides: dict) -> GateThresholds:
+    unknown = sorted(set(overrides) - set(DEFAULT_THRESHOLDS.as_dict()))
+    if unknown:
+        raise ValueError(f"unknown --gate key(s) {unknown}; known: {sorted(DEFAULT_THRESHOLDS.as_dict())}")
+    return GateThresholds(**{**DEFAULT_THRESHOLDS.as_dict(), **overrides})
 
 
 def main(argv=None) -> int:
@@ -171,6 +195,9 @@ def main(argv=None) -> int:
                    help="front-end options, e.g. '{\"cell_stride\": 1}' (ACE: frontends/ace/frontend.py DEFAULT_OPTIONS)")
     p.add_argument("--refiner-options", type=_json_object, default={}, metavar="JSON",
                    help="refiner options, e.g. '{\"max_points\": 1024}' (refinement/refiner.py DEFAULT_REFINER_CONF)")
+    p.add_argument("--gate", type=_json_object, default={}, metavar="JSON",
+                   help="accept/reject thresholds over the node's defaults, e.g. '{\"min_confidence\": 0.3}' "
+                        f"(keys: {', '.join(DEFAULT_THRESHOLDS.as_dict())})")
     args = p.parse_args(argv)
     try:
         check_input_file(args.map, "--map")
@@ -181,7 +208,7 @@ def main(argv=None) -> int:
         res = evaluate(args.map, args.dataset, refine=args.refine, device=args.device, frames=args.frames,
                        intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum,
                        reference=args.reference, front_end_options=args.front_end_options,
-                       refiner_options=args.refiner_options)
+                       refiner_options=args.refiner_options, gate=_gate(args.gate))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"reloc-eval: error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 
+from ..gating import FALSE_ACCEPT_DEG, FALSE_ACCEPT_M
 from ..metrics import pose_error, summarize_errors
 from .consistency import nees_inside_fraction, pose_error_vector
 from .matching import match_by_stamp
@@ -24,8 +25,6 @@ from .report import latency_stats
 
 __all__ = ["replay_metrics", "FALSE_ACCEPT_M", "FALSE_ACCEPT_DEG"]
 
-FALSE_ACCEPT_M = 0.5
-FALSE_ACCEPT_DEG = 10.0
 
 
 def replay_metrics(gt_stamps_ns, gt_poses, sent_stamps_ns, poses: list[dict], statuses: list[dict],
@@ -33,7 +32,7 @@ def replay_metrics(gt_stamps_ns, gt_poses, sent_stamps_ns, poses: list[dict], st
     """Accuracy, availability, false accepts, latency, dropped frames and NEES of one replay (see module doc).
 
     Returns the reloc-eval keys plus ``availability`` (share of sent frames with an accepted pose),
-    ``false_accept_rate`` (share of accepted poses worse than 0.5 m or 10°), ``false_accepts``,
+    ``false_accept_rate`` (share of accepted poses worse than 25 cm or 10°, ``gating.is_false_accept``), ``false_accepts``,
     ``dropped_frames`` (sent frames the node skipped: no status at all, or status ``stale_frame`` because a newer
     frame replaced it before the worker took it), ``node_frames_dropped`` (its counter),
     ``nees_inside_95`` (6 dof) and ``nees_position_inside_95`` (3 dof), ``reasons`` (status reason counts), and
