@@ -61,3 +61,31 @@ def test_reloc_eval_applies_the_gate(demo_map_ace, demo_scene_root):
     assert strict["accepted_rate"] == 0.0 and np.isnan(strict["false_accept_rate"])
     assert {q["gate_reason"] for q in strict["per_query"]} == {"too_few_inliers"}
     assert strict["recall_5cm_5deg"] == res["recall_5cm_5deg"]  # the all-poses figures do not depend on the gate
+
+
+def test_reloc_eval_on_a_folder_of_out_of_map_images(demo_map_ace, tmp_path, capsys):
+    """Photographs of other places (scikit-image's), blacked-out and noise frames: the share the gate accepts is
+    the false-accept rate; the folder needs --intrinsics."""
+    import json
+
+    import cv2
+    import skimage.data
+
+    from reloc_ros.evaluation.offline import main
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        img = cv2.resize(getattr(skimage.data, name)()[..., :3], (640, 480))
+        cv2.imwrite(str(folder / f"{name}.png"), img[..., ::-1])
+    cv2.imwrite(str(folder / "black.png"), np.zeros((480, 640, 3), np.uint8))
+    cv2.imwrite(str(folder / "noise.jpg"), np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    K = tmp_path / "K.txt"
+    K.write_text("500 500 319.5 239.5\n")
+    args = ["--map", str(demo_map_ace[0]), "--dataset", str(folder), "--json", str(tmp_path / "r.json")]
+    assert main(args) == 2 and "needs --intrinsics" in capsys.readouterr().err
+    assert main(args + ["--intrinsics", str(K)]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["out_of_map"] is True and res["n_queries"] == 6
+    assert [q["name"] for q in res["per_query"]] == sorted(p.name for p in folder.iterdir())
+    assert res["false_accept_rate"] == res["accepted_rate"] == np.mean([q["accepted"] for q in res["per_query"]])
+    assert res["accepted_rate"] == 0.0, [(q["name"], q["gate_reason"], q["inlier_count"]) for q in res["per_query"]]

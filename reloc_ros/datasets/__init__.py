@@ -1,5 +1,5 @@
 """Dataset readers yielding ``Frame``s lazily: 7-Scenes layout (and the demo scene), Cambridge Landmarks, COLMAP
-models, rosbag2 (sqlite3 / mcap). ``open_dataset`` picks the reader from the folder's contents."""
+models, rosbag2 (sqlite3 / mcap), plain folders of unposed images. ``open_dataset`` picks the reader from the folder's contents."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,8 @@ __all__ = ["Dataset", "DatasetError", "Frame", "open_dataset", "detect_layout"]
 
 
 def detect_layout(path) -> str:
-    """One of ``"7scenes"``, ``"cambridge"``, ``"colmap"``, ``"rosbag"``; DatasetError when none fits."""
+    """One of ``"7scenes"``, ``"cambridge"``, ``"colmap"``, ``"rosbag"``, ``"images"`` (a plain folder of unposed
+    images); DatasetError when none fits."""
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"{p}: no such file or folder")
@@ -30,9 +31,14 @@ def detect_layout(path) -> str:
 
     if find_model(p) is not None:
         return "colmap"
+    from .image_folder import image_files
+
+    if image_files(p):
+        return "images"
     raise DatasetError(f"{p}: unrecognised dataset layout (expected 7-Scenes frame-*.color.png/jpg + .pose.txt, "
                        "Cambridge dataset_train.txt/dataset_test.txt, a COLMAP model (cameras/images/points3D .bin "
-                       "or .txt, also under sparse/0), or a rosbag2 (metadata.yaml, .mcap, .db3)")
+                       "or .txt, also under sparse/0), a rosbag2 (metadata.yaml, .mcap, .db3) or a folder of "
+                       ".png/.jpg images")
 
 
 def open_dataset(path, frames=None, intrinsics=None, **options) -> Dataset:
@@ -55,6 +61,10 @@ def open_dataset(path, frames=None, intrinsics=None, **options) -> Dataset:
         from .colmap import ColmapDataset
 
         return ColmapDataset(path, frames=frames, **options)
+    if layout == "images":
+        from .image_folder import ImageFolderDataset
+
+        return ImageFolderDataset(path, frames=frames, intrinsics=intrinsics, **options)
     from .rosbag import RosbagDataset
 
     if intrinsics is not None:

@@ -51,11 +51,12 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
              gate: GateThresholds = DEFAULT_THRESHOLDS) -> dict:
     """Localize the queries of ``dataset`` (a path or a ``Dataset``) with the map at ``map_path``.
 
-    Returns the reloc-eval dict (see the module docstring). Frames without a ground-truth pose are an error.
-    ``limit`` takes that many queries evenly spread over the sequence (not the first N, which would all be
-    neighbours). ``localizer`` reuses an already loaded ``Localizer`` (map loading is not timed). ``reference``:
-    a reference model file to refine against instead of the one next to the map. ``gate``: the accept/reject
-    thresholds (``gating.gate_result``; default: the node's).
+    Returns the reloc-eval dict (see the module docstring). A selection in which some frames lack a ground-truth
+    pose is an error; one in which none has a pose (a folder of images of other places) is out-of-map input: every
+    accepted pose is a false accept (``out_of_map``: True). ``limit`` takes that many queries evenly spread over the
+    sequence (not the first N, which would all be neighbours). ``localizer`` reuses an already loaded
+    ``Localizer`` (map loading is not timed). ``reference``: a reference model file to refine against instead of
+    the one next to the map. ``gate``: the accept/reject thresholds (``gating.gate_result``; default: the node's).
     """
     from ..localizer import Localizer
 
@@ -65,63 +66,92 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     indices = np.arange(len(ds))
     if limit is not None and 0 < limit < len(ds):
         indices = np.unique(np.linspace(0, len(ds) - 1, limit).round().astype(int))
+    out_of_map = _out_of_map(ds, indices)
     t_load = time.perf_counter()
     if localizer is None:
         localizer = Localizer.from_map(map_path, device=device, refine=refine, front_end_options=front_end_options,
                                        refiner_options=refiner_options, reference=reference)
     load_s = time.perf_counter() - t_load
+    _announce(localizer, progress)
+    runs = [_run_query(localizer, ds[int(i)], k, gate, out_of_map)
+            for k, i in enumerate(tqdm(indices, desc="reloc-eval", unit="query", disable=not progress))]
+    out = _summary(runs, gate, out_of_map)
+    out.update(_provenance(localizer, map_path, reference, device, load_s))
+    out["dataset"] = str(getattr(ds, "root", "") or dataset)
+    out["machine"] = machine_info()
+    out["per_query"] = [r["query"] for r in runs]
+    if not out_of_map:
+        _write_extras(out, runs, plots_dir, tum_dir)
+    return out
+
+
+def _out_of_map(ds, indices) -> bool:
+    """True when no selected frame has a ground-truth pose; a ValueError when only some lack one."""
+    posed = np.isfinite(np.asarray(ds.poses(), dtype=np.float64)[indices]).all(axis=(1, 2))
+    if posed.all():
+        return False
+    if not posed.any():
+        return True
+    name = ds.names[int(indices[int(np.argmin(posed))])]
+    raise ValueError(f"frame {name} has no ground-truth pose: cannot evaluate it")
+
+
+def _announce(localizer, progress: bool) -> None:
     if progress:
         for choice in localizer.precision_choices.values():
             print(f"[reloc-eval] precision {choice.describe()}", file=sys.stderr, flush=True)
     if localizer.training_warning:
         print(f"[reloc-eval] WARNING: {localizer.training_warning}", file=sys.stderr, flush=True)
 
-    per_query, t_errs, r_errs, lat, stages = [], [], [], [], {}
-    err_vecs, covs, est_stamps, est_poses, gt_poses = [], [], [], [], []
-    for k, i in enumerate(tqdm(indices, desc="reloc-eval", unit="query", disable=not progress)):
-        frame = ds[int(i)]
-        if frame.T_world_cam is None:
-            raise ValueError(f"frame {frame.name} has no ground-truth pose: cannot evaluate it")
-        t0 = time.perf_counter()
-        res = localizer.localize(frame.image, frame.camera)
-        wall_ms = (time.perf_counter() - t0) * 1e3
-        T = res.T_world_cam if res.success else None
-        te, re = pose_error(T, frame.T_world_cam)
-        t_errs.append(te)
-        r_errs.append(re)
-        lat.append(res.timings_ms.get("total", wall_ms))
-        for s, v in res.timings_ms.items():
-            stages.setdefault(s, []).append(v)
-        stamp = frame.stamp_ns if frame.stamp_ns is not None else k * 100_000_000
-        gt_poses.append(frame.T_world_cam)
-        if T is not None:
-            est_stamps.append(stamp)
-            est_poses.append(T)
-            if res.covariance is not None:
-                err_vecs.append(pose_error_vector(T, frame.T_world_cam))
-                covs.append(res.covariance)
-        gate_reason = gate_result(res, gate)
-        per_query.append({"name": frame.name, "stamp_ns": stamp, "success": bool(res.success),
-                          "reason": res.reason, "accepted": gate_reason == "ok", "gate_reason": gate_reason, "t_err_m": te, "r_err_deg": re,
-                          "confidence": float(res.confidence), "inlier_count": int(res.inlier_count),
-                          "latency_ms": lat[-1],
-                          "refinement_ran": res.refinement is not None and bool(res.refinement.ran),
-                          "refinement_accepted": bool(res.refinement.accepted) if res.refinement else None,
-                          "refinement_reason": res.refinement.reason if res.refinement else "",
-                          "refinement_init": res.refinement.init if res.refinement else "",
-                          "T_world_cam": None if T is None else np.asarray(T).tolist()})
 
-    out = summarize_errors(t_errs, r_errs)
-    out.update(gate_summary(per_query, gate))
-    out.update(latency_stats(lat))
+def _run_query(localizer, frame, k: int, gate: GateThresholds, out_of_map: bool) -> dict:
+    """Localize one frame: its per-query record plus what the summary needs (result, ground truth)."""
+    t0 = time.perf_counter()
+    res = localizer.localize(frame.image, frame.camera)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    T = res.T_world_cam if res.success else None
+    te, re = (float("inf"), float("inf")) if out_of_map else pose_error(T, frame.T_world_cam)
+    gate_reason = gate_result(res, gate)
+    ref = res.refinement
+    query = {"name": frame.name, "stamp_ns": frame.stamp_ns if frame.stamp_ns is not None else k * 100_000_000,
+             "success": bool(res.success), "reason": res.reason, "accepted": gate_reason == "ok",
+             "gate_reason": gate_reason, "t_err_m": te, "r_err_deg": re, "confidence": float(res.confidence),
+             "inlier_count": int(res.inlier_count), "latency_ms": res.timings_ms.get("total", wall_ms),
+             "refinement_ran": ref is not None and bool(ref.ran),
+             "refinement_accepted": bool(ref.accepted) if ref else None,
+             "refinement_reason": ref.reason if ref else "", "refinement_init": ref.init if ref else "",
+             "T_world_cam": None if T is None else np.asarray(T).tolist()}
+    return {"query": query, "T": T, "T_gt": frame.T_world_cam, "covariance": res.covariance,
+            "timings": res.timings_ms}
+
+
+def _summary(runs: list[dict], gate: GateThresholds, out_of_map: bool) -> dict:
+    """Accuracy, gate, latency, refinement and covariance-consistency figures of the runs."""
+    queries = [r["query"] for r in runs]
+    out = summarize_errors([q["t_err_m"] for q in queries], [q["r_err_deg"] for q in queries])
+    out.update(gate_summary(queries, gate, out_of_map))
+    out.update(latency_stats([q["latency_ms"] for q in queries]))
+    stages: dict = {}
+    for r in runs:
+        for s, v in r["timings"].items():
+            stages.setdefault(s, []).append(v)
     out["latency_stage_ms_median"] = {s: float(np.median(v)) for s, v in stages.items()}
-    out.update(refinement_summary(per_query))
-    out["map"] = str(map_path) if map_path is not None else None
-    out["map_bytes"] = map_bytes(map_path) if map_path is not None else None
-    out["map_load_s"] = load_s
-    out["front_end"] = localizer.front_end_name
-    out["refine"] = bool(localizer.refine)
-    out["front_end_options"] = dict(getattr(localizer.front_end, "options", {}))
+    out.update(refinement_summary(queries))
+    with_cov = [r for r in runs if r["T"] is not None and r["covariance"] is not None and not out_of_map]
+    err_vecs = [pose_error_vector(r["T"], r["T_gt"]) for r in with_cov]
+    covs = [r["covariance"] for r in with_cov]
+    out["nees_inside_95"] = nees_inside_fraction(err_vecs, covs) if covs else float("nan")
+    out["nees_position_inside_95"] = nees_inside_fraction(err_vecs, covs, position_only=True) if covs else float("nan")
+    out["out_of_map"] = out_of_map
+    return out
+
+
+def _provenance(localizer, map_path, reference, device, load_s: float) -> dict:
+    """What was evaluated: map, front end and refiner options, device, precision, the map's training."""
+    out = {"map": str(map_path) if map_path is not None else None,
+           "map_bytes": map_bytes(map_path) if map_path is not None else None, "map_load_s": load_s,
+           "front_end": localizer.front_end_name, "refine": bool(localizer.refine),
+           "front_end_options": dict(getattr(localizer.front_end, "options", {}))}
     if localizer.refiner is not None:
         out["refiner_options"] = dict(localizer.refiner.conf)
     if reference is not None:
@@ -133,31 +163,41 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     out["map_training"] = {k: training.get(k) for k in ("iterations", "iterations_planned", "iterations_scheduled",
                                                         "precision", "train_seconds")}
     out["map_training_warning"] = localizer.training_warning
-    out["nees_inside_95"] = nees_inside_fraction(err_vecs, covs) if covs else float("nan")
-    out["nees_position_inside_95"] = nees_inside_fraction(err_vecs, covs, position_only=True) if covs else float("nan")
-    out["dataset"] = str(getattr(ds, "root", "") or dataset)
-    out["machine"] = machine_info()
-    out["per_query"] = per_query
-
-    if plots_dir is not None:
-        from .plots import plot_all
-        gt_stamps = np.array([q["stamp_ns"] for q in per_query], dtype=np.int64)
-        out["plots"] = plot_all(plots_dir, gt_stamps, np.array(gt_poses), np.array(est_stamps, dtype=np.int64),
-                                np.array(est_poses).reshape(-1, 4, 4), gt_stamps, np.array(t_errs), np.array(r_errs),
-                                np.array(lat), title=f"{out['front_end']}{' + refine' if out['refine'] else ''}")
-    if tum_dir is not None:
-        tum_dir = Path(tum_dir)
-        write_tum(tum_dir / "groundtruth.tum", [q["stamp_ns"] for q in per_query], gt_poses)
-        write_tum(tum_dir / "estimate.tum", est_stamps, est_poses)
     return out
 
 
-def gate_summary(per_query: list[dict], gate: GateThresholds) -> dict:
-    """accepted_rate, false_accept_rate and the accuracy over the accepted queries (``per_query`` of evaluate)."""
+def _write_extras(out: dict, runs: list[dict], plots_dir, tum_dir) -> None:
+    """The PNG plots (``out["plots"]``) and the TUM trajectories, when asked for."""
+    stamps = [r["query"]["stamp_ns"] for r in runs]
+    est = [(r["query"]["stamp_ns"], r["T"]) for r in runs if r["T"] is not None]
+    est_stamps, est_poses = [s for s, _ in est], [T for _, T in est]
+    gt_poses = [r["T_gt"] for r in runs]
+    if plots_dir is not None:
+        from .plots import plot_all
+        gt_stamps = np.array(stamps, dtype=np.int64)
+        out["plots"] = plot_all(plots_dir, gt_stamps, np.array(gt_poses), np.array(est_stamps, dtype=np.int64),
+                                np.array(est_poses).reshape(-1, 4, 4), gt_stamps,
+                                np.array([r["query"]["t_err_m"] for r in runs]),
+                                np.array([r["query"]["r_err_deg"] for r in runs]),
+                                np.array([r["query"]["latency_ms"] for r in runs]),
+                                title=f"{out['front_end']}{' + refine' if out['refine'] else ''}")
+    if tum_dir is not None:
+        tum_dir = Path(tum_dir)
+        write_tum(tum_dir / "groundtruth.tum", stamps, gt_poses)
+        write_tum(tum_dir / "estimate.tum", est_stamps, est_poses)
+
+
+def gate_summary(per_query: list[dict], gate: GateThresholds, out_of_map: bool = False) -> dict:
+    """accepted_rate, false_accept_rate and the accuracy over the accepted queries (``per_query`` of evaluate).
+    Out-of-map input: false_accept_rate is the share of queries accepted (any accepted pose is wrong)."""
     acc = [q for q in per_query if q["accepted"]]
     false = sum(is_false_accept(q["t_err_m"], q["r_err_deg"]) for q in acc)
-    return {"gate": gate.as_dict(), "accepted_rate": len(acc) / max(len(per_query), 1),
-            "false_accept_rate": false / len(acc) if acc else float("nan"),
+    accepted_rate = len(acc) / max(len(per_query), 1)
+    if out_of_map:
+        false_rate = accepted_rate
+    else:
+        false_rate = false / len(acc) if acc else float("nan")
+    return {"gate": gate.as_dict(), "accepted_rate": accepted_rate, "false_accept_rate": false_rate,
             "accepted": summarize_errors([q["t_err_m"] for q in acc], [q["r_err_deg"] for q in acc])}
 
 
@@ -181,7 +221,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--map", required=True, type=Path, help="map file (reloc-map output)")
-    p.add_argument("--dataset", required=True, type=Path, help="dataset folder with ground-truth poses")
+    p.add_argument("--dataset", required=True, type=Path,
+                   help="dataset folder with ground-truth poses, or a plain folder of images of other places "
+                        "(out-of-map input, needs --intrinsics: reports how often the gate accepts them)")
     p.add_argument("--frames", help="frame-list file (default: query.txt in the dataset folder if present)")
     p.add_argument("--intrinsics", type=Path, help="3x3 K file (default: the dataset's own)")
     p.add_argument("--refine", action="store_true", help="run the featuremetric refinement (needs <map>.ref)")
