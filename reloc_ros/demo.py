@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 from .cli_args import UsageError, check_output_dir, number
+from .frontends.registry import front_end_names
 
 __all__ = ["main"]
 
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder (default out/demo)")
-    p.add_argument("--front-end", default="ace", choices=("ace", "implicit"), help="front end (default ace)")
+    p.add_argument("--front-end", default="ace", choices=front_end_names(), help="front end (default ace)")
     p.add_argument("--minutes", type=number(float, min=0, min_exclusive=True), default=8.0,
                    help="mapping wall-clock cap (default 8); the schedule is a fixed number of iterations (ACE "
                         "4000 here), shortened with a warning when the cap buys fewer")

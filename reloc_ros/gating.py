@@ -55,18 +55,25 @@ def gate_result(res, th: GateThresholds = DEFAULT_THRESHOLDS) -> str:
         return "exception"
     if th.require_refinement and not (res.refinement is not None and res.refinement.accepted):
         return "refinement_rejected"
-    if res.front_end == "ace":
+    support = _support(res.front_end)
+    if support == "inliers":
         if res.inlier_count < th.min_inliers:
             return "too_few_inliers"
         if res.inlier_ratio < th.min_inlier_ratio:
             return "low_inlier_ratio"
-    if res.front_end == "implicit" and res.weight_mass < th.min_weight_mass:
+    if support == "weight_mass" and res.weight_mass < th.min_weight_mass:
         return "low_weight_mass"
     if res.confidence < th.min_confidence:
         return "low_confidence"
     if th.max_position_sigma > 0 and math.sqrt(max(np.trace(res.covariance[:3, :3]), 0.0)) > th.max_position_sigma:
         return "high_uncertainty"
     return "ok"
+
+
+def _support(front_end: str) -> str | None:
+    """The support measure the registered front end's poses are gated on (None for a refined prior)."""
+    from .frontends.registry import front_end_names, front_end_spec
+    return front_end_spec(front_end).support if front_end in front_end_names() else None
 
 
 def is_false_accept(t_err_m: float, r_err_deg: float) -> bool:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .device import check_device
-from .frontends.base import FRONT_ENDS, LocalizationResult, RefinementInfo, front_end_class
+from .frontends.base import LocalizationResult, RefinementInfo
+from .frontends.registry import front_end_names, front_end_spec
 from .geometry.camera import Camera
 from .map_file import MapFileError, check_metadata, load_map, reference_path
 
@@ -90,10 +91,11 @@ class Localizer:
         """Load a map file (and its reference model when ``refine``). Raises ``MapFileError`` with the reason."""
         device = check_device(device)
         tensors, meta = load_map(map_path, device="cpu", kind="map")
-        if meta["front_end"] not in FRONT_ENDS:
+        if meta["front_end"] not in front_end_names():
             raise MapFileError(f"{map_path}: the map is for front end {meta['front_end']!r}, which this reloc_ros "
-                               f"does not have (it has {sorted(FRONT_ENDS)})")
-        cls_ = front_end_class(meta["front_end"])
+                               f"does not have (it has {front_end_names()})")
+        spec = front_end_spec(meta["front_end"])
+        cls_ = spec.load_class()
         check_metadata(meta, cls_.METADATA_SCHEMA, map_path)
         try:
             front_end = cls_.from_map(tensors, meta, device=device, **(front_end_options or {}))
@@ -108,7 +110,7 @@ class Localizer:
             from .refinement import FeaturemetricRefiner
             # the front end's own refiner defaults (e.g. the implicit one turns the matching initialisation on),
             # then the caller's options
-            refiner_options = {**getattr(cls_, "refiner_defaults", {}), **(refiner_options or {})}
+            refiner_options = {**spec.refiner_defaults, **(refiner_options or {})}
             refiner = FeaturemetricRefiner.from_reference(ref, device=device, **refiner_options)
         return cls(front_end, refiner, map_path, meta, **localizer_options)
 

@@ -291,7 +291,8 @@ def test_localizer_gives_the_implicit_front_end_its_refiner_defaults(tmp_path, d
     mapping = open_dataset(demo_scene_root, frames=demo_scene_root / "mapping.txt")
     ref = build_reference([mapping[0], mapping[10]], tmp_path / "tiny.ref.safetensors", {"pca_images": 2})
     loc = Localizer.from_map(path, refine=True, reference=ref)
-    assert ImplicitFrontEnd.refiner_defaults == {"match_init": "compete", "match_max_points": 512}
+    from reloc_ros.frontends.registry import front_end_spec
+    assert front_end_spec("implicit").refiner_defaults == {"match_init": "compete", "match_max_points": 512}
     assert loc.refiner.conf["match_init"] == "compete" and loc.refiner.conf["match_max_points"] == 512
     loc = Localizer.from_map(path, refine=True, reference=ref, refiner_options={"match_init": "off"})
     assert loc.refiner.conf["match_init"] == "off"

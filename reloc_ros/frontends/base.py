@@ -1,7 +1,6 @@
-"""Front-end interface shared by the implicit-geometry and ACE front ends, and their registry."""
+"""Front-end interface shared by the implicit-geometry and ACE front ends (the registry: ``frontends/registry.py``)."""
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -9,7 +8,7 @@ import numpy as np
 
 from ..geometry.camera import Camera
 
-__all__ = ["LocalizationResult", "RefinementInfo", "FrontEnd", "FRONT_ENDS", "front_end_class", "load_weights"]
+__all__ = ["LocalizationResult", "RefinementInfo", "FrontEnd", "load_weights"]
 
 
 @dataclass
@@ -58,20 +57,6 @@ class FrontEnd(Protocol):
     def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "FrontEnd": ...
 
     def localize(self, image: np.ndarray, camera: Camera) -> LocalizationResult: ...
-
-
-# name -> "module:Class"; imported lazily so that loading one front end does not import the other.
-FRONT_ENDS = {
-    "implicit": "reloc_ros.frontends.implicit.frontend:ImplicitFrontEnd",
-    "ace": "reloc_ros.frontends.ace.frontend:AceFrontEnd",
-}
-
-
-def front_end_class(name: str):
-    if name not in FRONT_ENDS:
-        raise ValueError(f"unknown front end {name!r}; choose one of {sorted(FRONT_ENDS)}")
-    module, cls = FRONT_ENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def load_weights(module, state_dict: dict, what: str) -> None:

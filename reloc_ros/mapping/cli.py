@@ -12,7 +12,6 @@ Python use: ``build_map(MapJob(...))`` (the mapper node calls it too).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -23,11 +22,11 @@ import yaml
 
 from ..cli_args import UsageError, check_input_file, check_output_file, number
 from ..device import check_device
+from ..frontends.registry import front_end_names, front_end_spec
 from ..map_file import MapFileError, reference_path
 
 __all__ = ["MapJob", "build_map", "front_end_defaults", "parse_sets", "main"]
 
-_TRAINERS = {"implicit": "reloc_ros.frontends.implicit.train", "ace": "reloc_ros.frontends.ace.train"}
 
 
 @dataclass
@@ -47,9 +46,7 @@ class MapJob:
 
 
 def _trainer(front_end: str):
-    if front_end not in _TRAINERS:
-        raise ValueError(f"unknown front end {front_end!r}; choose one of {sorted(_TRAINERS)}")
-    return importlib.import_module(_TRAINERS[front_end])
+    return front_end_spec(front_end).load_trainer()
 
 
 def front_end_defaults(front_end: str) -> dict:
@@ -132,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                                                 "(required)")
     p.add_argument("--frames", help="frame-list file (default: mapping.txt in the dataset folder if present)")
     p.add_argument("--intrinsics", type=Path, help="3x3 K file (default: rgb-intrinsics.txt in the dataset)")
-    p.add_argument("--front-end", default="ace", choices=sorted(_TRAINERS), help="front end to train (default ace)")
+    p.add_argument("--front-end", default="ace", choices=front_end_names(),
+                   help="front end to train (default ace): " + "; ".join(
+                       f"{n}: {front_end_spec(n).summary}" for n in front_end_names()))
     p.add_argument("--out", type=Path, help="map file to write, e.g. kitchen.map.safetensors (required); the "
                                             "reference model goes next to it as kitchen.ref.safetensors")
     p.add_argument("--minutes", type=number(float, min=0, min_exclusive=True),

@@ -7,7 +7,13 @@ Modules: ``encoders`` (XFeat / ACE encoders), ``head`` (the MLP), ``buffer`` (au
 """
 from __future__ import annotations
 
-__all__ = ["AceFrontEnd", "DEFAULT_CONF"]
+from ..registry import FrontEndSpec
+
+__all__ = ["AceFrontEnd", "DEFAULT_CONF", "SPEC"]
+
+SPEC = FrontEndSpec("ace", "reloc_ros.frontends.ace.frontend:AceFrontEnd", "reloc_ros.frontends.ace.train",
+                    summary="scene coordinates from a frozen XFeat encoder + per-scene MLP head, PnP/RANSAC",
+                    support="inliers")
 
 
 def __getattr__(name):  # lazy, so that importing the package stays cheap

@@ -108,11 +108,6 @@ class ImplicitFrontEnd:
 
     name = "implicit"
     METADATA_SCHEMA = IMPLICIT_METADATA_SCHEMA
-    # Refiner options the Localizer applies under the caller's: this front end's poses are often 10-50 cm off,
-    # outside the LM's basin, so the refinement also starts from a PnP pose on feature matches of 512 reference
-    # points (7-Scenes: 67.0 % -> 75.8 % within 5 cm/5°, refinement 27 ms; 1024 points: 77.0 % at 30 ms;
-    # benchmarks/RESULTS.md, fifth session).
-    refiner_defaults = {"match_init": "compete", "match_max_points": 512}
 
     def __init__(self, model: ImplicitPoseNet, metadata: dict, device="cpu", precision: str = "auto",
                  channels_last: bool = True, threads: int | None = None, cov_inflation: float = 240.0,
