@@ -12,11 +12,24 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["UsageError", "number", "check_input_file", "check_output_file", "check_output_dir", "check_new_dir"]
+__all__ = ["UsageError", "HelpFormatter", "number", "check_input_file", "check_output_file", "check_output_dir", "check_new_dir"]
 
 
 class UsageError(ValueError):
     """A command-line flag that cannot work; the message names the flag, the value and what was expected."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help of every tool: the description as written, each flag's default appended unless its help states one,
+    required flags marked "(required)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required:
+            return text + " (required)"
+        if action.default not in (None, False, [], {}, "", argparse.SUPPRESS) and "default" not in text.lower():
+            return text + " (default: %(default)s)"
+        return text
 
 
 def number(kind=float, min: float | None = None, max: float | None = None, min_exclusive: bool = False):

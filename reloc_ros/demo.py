@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .cli_args import UsageError, check_output_dir, number
+from .cli_args import HelpFormatter, UsageError, check_output_dir, number
 from .frontends.registry import front_end_names
 
 __all__ = ["main"]
@@ -185,7 +185,7 @@ def summary_table(offline: dict | None, replay: dict | None) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder (default out/demo)")
     p.add_argument("--front-end", default="ace", choices=front_end_names(), help="front end (default ace)")
     p.add_argument("--minutes", type=number(float, min=0, min_exclusive=True), default=8.0,

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .cli_args import UsageError, check_output_dir, number
+from .cli_args import HelpFormatter, UsageError, check_output_dir, number
 
 __all__ = ["GENERATOR_VERSION", "DemoScene", "generate_demo_scene", "build_scene", "render", "trajectories",
            "DEMO_K", "main"]
@@ -457,7 +457,8 @@ Parameters: `{params}`
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="reloc-demo-scene", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="reloc-demo-scene", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="output folder (created)")
     ap.add_argument("--seed", type=number(int, min=0), default=0, help="random seed of the scene (default 0)")
     ap.add_argument("--n-mapping", type=number(int, min=1), default=200, help="mapping frames (default 200)")

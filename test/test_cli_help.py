@@ -36,3 +36,32 @@ def test_help_states_defaults_and_required_flags(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(required)" in text and "iterations=9600" in text and "epochs=110" in text and "ACE 10, implicit 20" in text
+
+
+def _parser_of(name, monkeypatch):
+    """The ArgumentParser a tool's main() builds (captured when it parses)."""
+    import argparse
+
+    class Captured(Exception):
+        pass
+
+    def capture(self, *a, **k):
+        raise Captured(self)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    module, func = CONSOLE_SCRIPTS[name].split(":")
+    with pytest.raises(Captured) as e:
+        getattr(importlib.import_module(module), func)(["--help"])
+    return e.value.args[0]
+
+
+@pytest.mark.parametrize("name", ARGPARSE_TOOLS)
+def test_every_flag_has_help_and_required_ones_say_so(name, monkeypatch):
+    from reloc_ros.cli_args import HelpFormatter
+    p = _parser_of(name, monkeypatch)
+    assert p.formatter_class is HelpFormatter, name
+    undocumented = [a.option_strings for a in p._actions if a.help in (None, "") and a.option_strings]
+    assert not undocumented, f"{name}: flags without help: {undocumented}"
+    text = " ".join(p.format_help().split())
+    for a in p._actions:
+        if a.required:
+            assert f"{a.help} (required)" in " ".join(text.split()), (name, a.option_strings)

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..cli_args import UsageError, check_new_dir, number
+from ..cli_args import HelpFormatter, UsageError, check_new_dir, number
 from ..geometry.pose import invert_T, make_T, quat_xyzw_from_R, so3_exp
 from .base import Dataset, DatasetError
 
@@ -190,6 +190,7 @@ def write_bag(dataset: Dataset, out, fps: float = 10.0, storage: str = "mcap", c
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="reloc-bag-from-dataset", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter,
                                  epilog="Ground-truth encoding: see reloc_ros/datasets/bag_writer.py.")
     ap.add_argument("--dataset", required=True, type=Path, help="dataset folder (7-Scenes, Cambridge, COLMAP, bag)")
     ap.add_argument("--frames", default=None, help="frame list (e.g. query.txt) / Cambridge split")

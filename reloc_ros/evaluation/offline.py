@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..cli_args import check_input_file, check_output_dir, check_output_file, number
+from ..cli_args import HelpFormatter, check_input_file, check_output_dir, check_output_file, number
 from ..metrics import pose_error, summarize_errors
 from ..gating import DEFAULT_THRESHOLDS, GateThresholds, gate_result, is_false_accept
 from .consistency import nees_inside_fraction, pose_error_vector
@@ -219,7 +219,7 @@ def _gate(overrides: dict) -> GateThresholds:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--map", required=True, type=Path, help="map file (reloc-map output)")
     p.add_argument("--dataset", required=True, type=Path,
                    help="dataset folder with ground-truth poses, or a plain folder of images of other places "

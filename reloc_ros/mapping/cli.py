@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli_args import UsageError, check_input_file, check_output_file, number
+from ..cli_args import HelpFormatter, UsageError, check_input_file, check_output_file, number
 from ..device import check_device
 from ..frontends.registry import front_end_names, front_end_spec
 from ..map_file import MapFileError, reference_path
@@ -124,7 +124,7 @@ def parse_json_object(text: str, name: str) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reloc-map", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--dataset", type=Path, help="dataset folder (7-Scenes, Cambridge, COLMAP layout) or rosbag2 "
                                                 "(required)")
     p.add_argument("--frames", help="frame-list file (default: mapping.txt in the dataset folder if present)")
