@@ -383,7 +383,10 @@ def fault_mapping(dataset: Path, work: Path, kills: int = 4, seed: int = 0) -> l
     for i in range(kills + 1):
         log = work / f"map_run{i}.log"
         with open(log, "wb") as f:
-            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            # SIGINT default in the child: a shell's background job inherits it ignored, and Python then never
+            # raises KeyboardInterrupt (the interrupt would be lost)
+            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             if i < kills:
                 time.sleep(rng.uniform(8, 40))
                 sig = signal.SIGINT if i % 2 == 0 else signal.SIGKILL
@@ -398,7 +401,8 @@ def fault_mapping(dataset: Path, work: Path, kills: int = 4, seed: int = 0) -> l
             except Exception as e:  # noqa: BLE001 - recorded
                 loads = f"{type(e).__name__}: {e}"
         events.append({"run": i, "signal": None if i == kills else ("SIGINT" if i % 2 == 0 else "SIGKILL"),
-                       "exit_code": code, "resumed": "resum" in text.lower(), "out_exists": out_map.exists(),
+                       "exit_code": code, "resumed": "resum" in text.lower(),
+                       "checkpoint_saved_on_interrupt": "checkpoint saved" in text, "out_exists": out_map.exists(),
                        "out_loads": loads, "traceback": "Traceback" in text})
         print(f"  reloc-map run {i}: {events[-1]}", flush=True)
     return events

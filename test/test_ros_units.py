@@ -12,7 +12,6 @@ import pytest
 import yaml
 from scipy.spatial.transform import Rotation
 
-from reloc_ros.frontends.base import LocalizationResult, RefinementInfo
 from reloc_ros.geometry.camera import Camera
 from reloc_ros.geometry.pose import T_from_pos_quat, invert_T, make_T, so3_exp
 from reloc_ros.ros.tf_buffer import ConnectivityError, ExtrapolationError, TfBuffer, UnknownFrameError
@@ -216,31 +215,6 @@ def test_camera_to_body_pose_and_covariance_monte_carlo():
     assert np.abs(cov_base[:3, :3] - cov[:3, :3]).max() > 0.3 * np.abs(cov[:3, :3]).max()  # the lever arm matters
 
 
-def test_gate_result_reasons():
-    from reloc_ros.ros.localizer_node import Thresholds, gate_result
-    T, cov = np.eye(4), np.eye(6) * 1e-4
-
-    def res(**kw):
-        base = dict(success=True, T_world_cam=T, covariance=cov, confidence=0.9, front_end="ace", inlier_count=200,
-                    inlier_ratio=0.5)
-        base.update(kw)
-        return LocalizationResult(**base)
-    th = Thresholds(min_confidence=0.5, min_inliers=50, min_inlier_ratio=0.2, min_weight_mass=3.0,
-                    max_position_sigma=0.05, require_refinement=False)
-    assert gate_result(res(), th) == "ok"
-    assert gate_result(res(success=False, T_world_cam=None, reason="too_few_inliers"), th) == "too_few_inliers"
-    assert gate_result(res(inlier_count=49), th) == "too_few_inliers"
-    assert gate_result(res(inlier_ratio=0.1), th) == "low_inlier_ratio"
-    assert gate_result(res(confidence=0.4), th) == "low_confidence"
-    assert gate_result(res(covariance=None), th) == "no_covariance"
-    assert gate_result(res(covariance=np.eye(6) * 0.01), th) == "high_uncertainty"  # sigma = 0.17 m
-    assert gate_result(res(front_end="implicit", inlier_count=0, weight_mass=2.0), th) == "low_weight_mass"
-    assert gate_result(res(front_end="implicit", inlier_count=0, weight_mass=4.0), th) == "ok"
-    th.require_refinement = True
-    assert gate_result(res(), th) == "refinement_rejected"
-    assert gate_result(res(refinement=RefinementInfo(ran=True, accepted=True)), th) == "ok"
-
-
 # ---- configuration --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, table", [("localizer", "LOCALIZER_PARAMS"), ("mapper", "MAPPER_PARAMS")])
 def test_config_yaml_documents_every_parameter(name, table):
@@ -296,3 +270,13 @@ def test_keyframe_recorder_writes_readable_7scenes_layout(tmp_path):
     assert rec2.add(imgs[0], cam, make_T(np.eye(3), [5.0, 0, 0])) == "frame-000003"
     with pytest.raises(ValueError, match="one camera per dataset"):
         rec2.add(imgs[0], Camera.from_pinhole(90.0, 90.0, 31.5, 23.5, 64, 48), make_T(np.eye(3), [9.0, 0, 0]))
+
+
+def test_node_rejects_depth_encodings_and_documents_what_it_accepts():
+    from reloc_ros.ros.conversions import SUPPORTED_ENCODINGS, InputError, check_image_msg
+    from sensor_msgs.msg import Image
+    for enc, step in (("16UC1", 128), ("32FC1", 256)):
+        with pytest.raises(InputError) as e:
+            check_image_msg(Image(width=64, height=48, encoding=enc, step=step, data=bytes(step * 48)))
+        assert e.value.reason == "bad_encoding" and "rgb8" in str(e.value)
+    assert "16uc1" not in SUPPORTED_ENCODINGS and {"rgb8", "bgr8", "mono8", "mono16"} <= set(SUPPORTED_ENCODINGS)

@@ -183,6 +183,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, MapFileError, yaml.YAMLError) as e:
         print(f"reloc-map: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"reloc-map: interrupted; {args.out} was not written (rerun the same command to resume from the "
+              "checkpoint next to it)", file=sys.stderr)
+        return 130
     print(json.dumps(report, indent=2))
     return 0
 

@@ -29,9 +29,10 @@ _ENCODINGS = {
     "rgb8": (3, np.uint8, (0, 1, 2)), "bgr8": (3, np.uint8, (2, 1, 0)),
     "rgba8": (4, np.uint8, (0, 1, 2)), "bgra8": (4, np.uint8, (2, 1, 0)),
     "mono8": (1, np.uint8, None), "8uc1": (1, np.uint8, None), "8uc3": (3, np.uint8, (2, 1, 0)),
-    "mono16": (1, np.uint16, None), "16uc1": (1, np.uint16, None),
+    "mono16": (1, np.uint16, None),
 }
-SUPPORTED_ENCODINGS = tuple(k for k in _ENCODINGS if k not in ("8uc1", "8uc3", "16uc1"))
+# 16UC1 / 32FC1 are depth images (REP-118), never a colour or grey camera: refused as bad_encoding.
+SUPPORTED_ENCODINGS = tuple(k for k in _ENCODINGS if k not in ("8uc1", "8uc3"))
 
 
 class InputError(ValueError):

@@ -34,6 +34,7 @@ from tf2_msgs.msg import TFMessage
 
 from reloc_ros.msg import RelocalizationStatus
 
+from ..gating import GateThresholds, gate_result
 from ..geometry.pose import T_from_pos_quat, covariance_to_body_point, invert_T
 from .conversions import (InputError, camera_info_to_camera, check_image_against_camera, check_image_msg,
                           compressed_msg_to_rgb, covariance_to_ros, image_msg_to_rgb, ns_to_stamp,
@@ -43,44 +44,11 @@ from .qos import image_qos, latched_qos, tf_qos
 from .spin import InlineExecutor, spin_until_shutdown
 from .tf_buffer import TfBuffer, TfError, TfListener
 
-__all__ = ["LocalizerNode", "gate_result", "Thresholds", "camera_to_body", "declare_params", "main"]
+# Image stamps further ahead of the node clock than this are rejected as future_stamp (clock skew between the
+# camera PC and the robot stays well below it; NTP/chrony keep it in milliseconds).
+FUTURE_STAMP_TOLERANCE_S = 5.0
 
-
-class Thresholds:
-    """Gating thresholds (see params.py for their meaning)."""
-
-    def __init__(self, min_confidence=0.5, min_inliers=30, min_inlier_ratio=0.0, min_weight_mass=0.0,
-                 max_position_sigma=0.0, require_refinement=False):
-        self.min_confidence = float(min_confidence)
-        self.min_inliers = int(min_inliers)
-        self.min_inlier_ratio = float(min_inlier_ratio)
-        self.min_weight_mass = float(min_weight_mass)
-        self.max_position_sigma = float(max_position_sigma)
-        self.require_refinement = bool(require_refinement)
-
-
-def gate_result(res, th: Thresholds) -> str:
-    """'ok' when a LocalizationResult passes every gate, else the reason token."""
-    if not res.success or res.T_world_cam is None:
-        return res.reason if res.reason and res.reason != "ok" else "localization_failed"
-    if res.covariance is None or not np.all(np.isfinite(res.covariance)):
-        return "no_covariance"
-    if not np.all(np.isfinite(res.T_world_cam)):
-        return "exception"
-    if th.require_refinement and not (res.refinement is not None and res.refinement.accepted):
-        return "refinement_rejected"
-    if res.front_end == "ace":
-        if res.inlier_count < th.min_inliers:
-            return "too_few_inliers"
-        if res.inlier_ratio < th.min_inlier_ratio:
-            return "low_inlier_ratio"
-    if res.front_end == "implicit" and res.weight_mass < th.min_weight_mass:
-        return "low_weight_mass"
-    if res.confidence < th.min_confidence:
-        return "low_confidence"
-    if th.max_position_sigma > 0 and math.sqrt(max(np.trace(res.covariance[:3, :3]), 0.0)) > th.max_position_sigma:
-        return "high_uncertainty"
-    return "ok"
+__all__ = ["LocalizerNode", "camera_to_body", "declare_params", "main"]
 
 
 def camera_to_body(T_map_cam: np.ndarray, cov_cam: np.ndarray, T_body_cam: np.ndarray
@@ -162,7 +130,7 @@ class LocalizerNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _read_params(self):
-        self.thresholds = Thresholds(self.p("min_confidence"), self.p("min_inliers"), self.p("min_inlier_ratio"),
+        self.thresholds = GateThresholds(self.p("min_confidence"), self.p("min_inliers"), self.p("min_inlier_ratio"),
                                      self.p("min_weight_mass"), self.p("max_position_sigma"),
                                      self.p("require_refinement"))
         self.frames = {k: str(self.p(k)).lstrip("/") for k in ("map_frame", "odom_frame", "base_frame",
@@ -344,9 +312,7 @@ class LocalizerNode(LifecycleNode):
             if isinstance(msg, Image):
                 w, h = check_image_msg(msg)
                 check_image_against_camera(w, h, self.camera)
-            if self.last_stamp_ns is not None and stamp < self.last_stamp_ns:
-                raise InputError("out_of_order_stamp", f"image stamp {stamp * 1e-9:.6f} s is older than the previous "
-                                                       f"{self.last_stamp_ns * 1e-9:.6f} s")
+            self._check_stamp(stamp)
         except InputError as err:
             self._reject(frame, err.reason, str(err))
             return
@@ -364,6 +330,21 @@ class LocalizerNode(LifecycleNode):
                 self._slot_cond.notify()
         if dropped is not None:
             self._status(dropped, reason=reason, kind="dropped")
+
+    def _check_stamp(self, stamp: int) -> None:
+        """InputError for a stamp older than or equal to the last accepted one (out_of_order_stamp /
+        duplicate_stamp) or more than FUTURE_STAMP_TOLERANCE_S ahead of the node clock (future_stamp, which then
+        does not become the last stamp: one bad stamp must not lock the node). The clock is sim time under
+        use_sim_time; a clock still at 0 (no /clock yet) checks nothing."""
+        now = self.get_clock().now().nanoseconds
+        if now > 0 and stamp > now + int(FUTURE_STAMP_TOLERANCE_S * 1e9):
+            raise InputError("future_stamp", f"image stamp {stamp * 1e-9:.6f} s is {(stamp - now) * 1e-9:.1f} s "
+                                             "ahead of the node clock")
+        if self.last_stamp_ns is not None and stamp == self.last_stamp_ns:
+            raise InputError("duplicate_stamp", f"image stamp {stamp * 1e-9:.6f} s repeats the previous frame's")
+        if self.last_stamp_ns is not None and stamp < self.last_stamp_ns:
+            raise InputError("out_of_order_stamp", f"image stamp {stamp * 1e-9:.6f} s is older than the previous "
+                                                   f"{self.last_stamp_ns * 1e-9:.6f} s")
 
     # ---- worker ------------------------------------------------------------------------------------------------
     def _work_loop(self):

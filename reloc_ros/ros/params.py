@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..frontends.registry import front_end_names
+
 __all__ = ["Param", "LOCALIZER_PARAMS", "MAPPER_PARAMS"]
 
 
@@ -23,8 +25,8 @@ class Param:
 LOCALIZER_PARAMS = [
     # map and compute
     Param("map_path", "", "Map file written by reloc-map (.safetensors); loaded in configure. Required."),
-    Param("front_end", "", "Expected front end ('implicit' | 'ace'); empty = whatever the map holds. A mismatch "
-          "fails configure.", choices=("", "implicit", "ace")),
+    Param("front_end", "", "Expected front end (a registered one: 'implicit' | 'ace'); empty = whatever the map "
+          "holds. A mismatch fails configure.", choices=("",) + tuple(front_end_names())),
     Param("device", "cpu", "Torch device for the front end and the refiner ('cpu', 'cuda', 'cuda:0', ...)."),
     Param("refine", False, "Run the featuremetric refinement (needs the map's .ref.safetensors reference model)."),
     Param("front_end_options", "{}", "JSON object of front-end options passed to Localizer.from_map (e.g. "
@@ -116,7 +118,7 @@ MAPPER_PARAMS = [
     Param("image_qos", "sensor_data", "QoS of the image/camera_info subscriptions.",
           choices=("sensor_data", "reliable")),
     Param("map_path", "", "Map file written by ~/build_map; empty = <output_dir>/map.safetensors."),
-    Param("front_end", "ace", "Front end trained by ~/build_map.", choices=("implicit", "ace")),
+    Param("front_end", "ace", "Front end trained by ~/build_map.", choices=tuple(front_end_names())),
     Param("device", "cpu", "Torch device for ~/build_map."),
     Param("train_minutes", 5.0, "Wall-clock cap of ~/build_map's training (minutes): the front end's iteration schedule is shortened, with a "
           "warning, to what the cap buys on this machine.", min=0.0),

@@ -272,15 +272,18 @@ def parse_ros_pairs(items: list[str], what: str = "-p") -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="reloc-launch", description=__doc__.split("\n\n")[0])
-    ap.add_argument("node", choices=sorted(NODE_MODULES))
+    from ..cli_args import HelpFormatter, number
+    ap = argparse.ArgumentParser(prog="reloc-launch", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("node", choices=sorted(NODE_MODULES), help="which node to start")
     ap.add_argument("--params", type=Path, help="parameter YAML (config/localizer.yaml, config/mapper.yaml)")
-    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE")
-    ap.add_argument("--remap", action="append", default=[], metavar="FROM:=TO")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="parameter value over the YAML's (repeatable)")
+    ap.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="topic remapping (repeatable)")
     ap.add_argument("--name", help="node name (default reloc_localizer / reloc_mapper)")
     ap.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID for the node")
     ap.add_argument("--no-activate", action="store_true", help="leave the localizer unconfigured")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for configure + activate")
+    ap.add_argument("--timeout", type=number(float, min=0, min_exclusive=True), default=300.0, help="seconds allowed for configure + activate")
     args = ap.parse_args(argv)
     env = ros_env(domain_id=args.domain_id)
     h = start_node(args.node, args.params, parse_ros_pairs(args.param, "-p"), env, args.name,

@@ -311,38 +311,58 @@ def _run_loop(trainer: _Trainer, conf: dict, it: int, train_s: float, planned: i
     scheduled = int(conf["iterations"])
     bar = tqdm(desc="ACE head", unit="it", total=planned or scheduled, initial=it, disable=not progress,
                mininterval=2.0)
-    last_ckpt = time.perf_counter()
     t0 = time.perf_counter() - train_s
-    stats = {"loss": float("nan"), "valid": float("nan")}
     timer = PlanTimer(scheduled, it, TIMING_ITERATIONS) if planned is None else None
+    state = {"it": it, "planned": planned, "stats": {"loss": float("nan"), "valid": float("nan")}}
+
+    def checkpoint(now: float) -> None:
+        atomic_torch_save({"head": trainer.head.state_dict(), "opt": trainer.opt.state_dict(),
+                           "iteration": state["it"], "train_seconds": now - t0, "train_budget_s": train_budget,
+                           "buffer_sig": _buffer_signature(conf), "head_config": trainer.head.config(),
+                           "iterations_scheduled": scheduled, "iterations_planned": state["planned"],
+                           "feature_mean": f_mean, "feature_std": f_std}, ckpt_path)
+    try:
+        _iterate(trainer, conf, state, scheduled, train_budget, t0, timer, bar, choice, checkpoint)
+    except KeyboardInterrupt:
+        bar.close()
+        if state["planned"] is not None and conf["checkpoint_every_s"]:
+            checkpoint(time.perf_counter())
+            tqdm.write(f"[ace] interrupted at iteration {state['it']}; checkpoint saved to {ckpt_path} (rerun the "
+                       "same command to resume)")
+        raise
+    bar.close()
+    it, planned = state["it"], state["planned"]
+    return {"iterations": it, "iterations_planned": int(planned or it), "iterations_scheduled": scheduled,
+            "train_seconds": time.perf_counter() - t0, "stats": state["stats"],
+            "plan": None if timer is None or timer.plan is None else timer.plan.as_dict(), "n_buffer": trainer.n}
+
+
+def _iterate(trainer, conf, state: dict, scheduled, train_budget, t0, timer, bar, choice, checkpoint) -> None:
+    """The training iterations, planning after the timed start and checkpointing every ``checkpoint_every_s``;
+    ``state`` ("it", "planned", "stats") is kept current so that an interrupt checkpoints the last iteration."""
+    last_ckpt = time.perf_counter()
     while True:
-        plan = timer and timer.tick(it, None if train_budget is None else train_budget - (time.perf_counter() - t0))
+        plan = timer and timer.tick(state["it"],
+                                    None if train_budget is None else train_budget - (time.perf_counter() - t0))
         if plan:
-            planned = plan.planned
-            bar.total = planned
+            state["planned"] = plan.planned
+            bar.total = plan.planned
             tqdm.write(_plan_message(plan, choice.precision, conf))
-        p = schedule_progress(it, planned or scheduled, time.perf_counter() - t0, train_budget)
+        p = schedule_progress(state["it"], state["planned"] or scheduled, time.perf_counter() - t0, train_budget)
         if p >= 1.0:
-            break
+            return
         loss, valid, lr, clamp = trainer.step(p)
-        it += 1
-        if it % 50 == 0:
-            stats = {"loss": float(loss.detach()), "valid": float(valid.float().mean())}
-            bar.set_postfix(loss=f"{stats['loss']:.2f}", valid=f"{stats['valid']:.2f}", clamp=f"{clamp:.1f}",
-                            lr=f"{lr:.1e}")
+        state["it"] += 1
+        if state["it"] % 50 == 0:
+            state["stats"] = {"loss": float(loss.detach()), "valid": float(valid.float().mean())}
+            bar.set_postfix(loss=f"{state['stats']['loss']:.2f}", valid=f"{state['stats']['valid']:.2f}",
+                            clamp=f"{clamp:.1f}", lr=f"{lr:.1e}")
         bar.update(1)
         now = time.perf_counter()
-        if conf["checkpoint_every_s"] and planned is not None and now - last_ckpt > float(conf["checkpoint_every_s"]):
-            atomic_torch_save({"head": trainer.head.state_dict(), "opt": trainer.opt.state_dict(), "iteration": it,
-                               "train_seconds": now - t0, "train_budget_s": train_budget,
-                               "buffer_sig": _buffer_signature(conf), "head_config": trainer.head.config(),
-                               "iterations_scheduled": scheduled, "iterations_planned": planned,
-                               "feature_mean": f_mean, "feature_std": f_std}, ckpt_path)
+        if conf["checkpoint_every_s"] and state["planned"] is not None \
+                and now - last_ckpt > float(conf["checkpoint_every_s"]):
+            checkpoint(now)
             last_ckpt = now
-    bar.close()
-    return {"iterations": it, "iterations_planned": int(planned or it), "iterations_scheduled": scheduled,
-            "train_seconds": time.perf_counter() - t0, "stats": stats, "plan": None if timer is None or timer.plan is None else timer.plan.as_dict(),
-            "n_buffer": trainer.n}
 
 
 def _write_ace_map(out_path: Path, conf, encoder, head, feats, f_mean, f_std, scene_mean, ok, t_buffer, loop: dict,
