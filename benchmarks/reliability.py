@@ -70,6 +70,7 @@ class Harness:
                           "min_confidence": 0.0, **(overrides or {})}
         self.node = None
         self.last_ns = time.time_ns()
+        self.mark = self.last_ns  # first_pose_after_activation counts statuses stamped after this
         self.start_node()
         self._client()
 
@@ -316,7 +317,6 @@ def run_soak(h: Harness, seconds: float, hz: float, warmup_s: float = 60.0) -> d
 def first_pose_after_activation(h: Harness, timeout=60.0) -> float:
     """Seconds from an active node to its first accepted pose, feeding good frames at 10 Hz."""
     t0 = time.monotonic()
-    h.info_pub.publish(h.camera_info())
     k = 0
     while time.monotonic() - t0 < timeout:
         h.info_pub.publish(h.camera_info())
@@ -324,7 +324,7 @@ def first_pose_after_activation(h: Harness, timeout=60.0) -> float:
         k += 1
         time.sleep(0.1)
         with h.cl.lock:
-            if any(s.accepted and s.header.stamp.sec >= 0 and ns_of(s.header.stamp) > h.mark for s in h.cl.statuses):
+            if any(s.accepted and ns_of(s.header.stamp) > h.mark for s in h.cl.statuses):
                 return time.monotonic() - t0
     return float("inf")
 

@@ -12,7 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["UsageError", "HelpFormatter", "number", "check_input_file", "check_output_file", "check_output_dir", "check_new_dir"]
+__all__ = ["UsageError", "HelpFormatter", "number", "check_input_file", "check_output_file", "check_output_dir",
+           "check_new_dir", "check_eval_paths"]
 
 
 class UsageError(ValueError):
@@ -112,3 +113,13 @@ def check_new_dir(path, flag: str) -> Path:
     if p.exists():
         raise UsageError(f"{flag} {p}: already exists (the writer creates it; remove it or choose another name)")
     return check_output_dir(p, flag)
+
+
+def check_eval_paths(args) -> None:
+    """The paths both evaluation CLIs take: ``--map`` readable, ``--json`` writable, ``--plots`` / ``--tum``
+    (when given) writable folders."""
+    check_input_file(args.map, "--map")
+    check_output_file(args.json, "--json")
+    for flag, folder in (("--plots", args.plots), ("--tum", args.tum)):
+        if folder is not None:
+            check_output_dir(folder, flag)

@@ -32,16 +32,15 @@ class GateThresholds:
     max_position_sigma: float = 0.0
     require_refinement: bool = False
 
-    def __post_init__(self):  # ROS parameters and YAML give ints for floats and the like: one type per field
+    def __post_init__(self):  # ROS parameters and YAML give ints for floats and the like: cast to the annotation
         for f in fields(self):
-            object.__setattr__(self, f.name, _CASTS[f.name](getattr(self, f.name)))
+            object.__setattr__(self, f.name, _CASTS[f.type](getattr(self, f.name)))
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-_CASTS = {"min_confidence": float, "min_inliers": int, "min_inlier_ratio": float, "min_weight_mass": float,
-          "max_position_sigma": float, "require_refinement": bool}
+_CASTS = {"float": float, "int": int, "bool": bool}   # annotations are strings (from __future__ import annotations)
 DEFAULT_THRESHOLDS = GateThresholds()
 
 

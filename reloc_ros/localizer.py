@@ -20,7 +20,7 @@ from .device import check_device
 from .frontends.base import LocalizationResult, RefinementInfo
 from .frontends.registry import front_end_names, front_end_spec
 from .geometry.camera import Camera
-from .map_file import MapFileError, check_metadata, load_map, reference_path
+from .map_file import MapFileError, load_map, reference_path
 
 __all__ = ["Localizer", "InputImageError"]
 
@@ -96,8 +96,7 @@ class Localizer:
                                f"does not have (it has {front_end_names()})")
         spec = front_end_spec(meta["front_end"])
         cls_ = spec.load_class()
-        check_metadata(meta, cls_.METADATA_SCHEMA, map_path)
-        try:
+        try:  # from_map validates the metadata against its METADATA_SCHEMA before building anything
             front_end = cls_.from_map(tensors, meta, device=device, **(front_end_options or {}))
         except MapFileError as e:
             raise MapFileError(f"{map_path}: {e}") from e

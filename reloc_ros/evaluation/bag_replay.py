@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..cli_args import HelpFormatter, UsageError, check_input_file, check_output_dir, check_output_file, number
+from ..cli_args import HelpFormatter, UsageError, check_eval_paths, check_input_file, number
 from ..geometry.pose import T_from_pos_quat, covariance_to_body_point
 from .replay_metrics import replay_metrics
 from .report import machine_info, map_bytes, print_summary, refinement_summary, write_json, write_tum
@@ -269,7 +269,8 @@ def main(argv=None) -> int:
     p.add_argument("--bag", required=True, type=Path, help="rosbag2 written by reloc-bag-from-dataset")
     p.add_argument("--map", required=True, type=Path, help="map file (reloc-map output)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--rate", type=number(float, min=0, min_exclusive=True), help="play at the bag's timing scaled by R (1 = real time)")
+    g.add_argument("--rate", type=number(float, min=0, min_exclusive=True),
+                   help="play at the bag's timing scaled by R (1 = real time)")
     g.add_argument("--max-rate", action="store_true", help="next frame as soon as the node answered (default)")
     p.add_argument("--params", type=Path, help="localizer parameter YAML (default config/localizer.yaml)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE", help="parameter override")
@@ -280,18 +281,15 @@ def main(argv=None) -> int:
     p.add_argument("--plots", type=Path, help="folder for the PNG plots")
     p.add_argument("--tum", type=Path, help="folder for TUM trajectories (evo_ape tum groundtruth.tum estimate.tum)")
     p.add_argument("--work-dir", type=Path, help="where the node log and raw records go (default: a temp dir)")
-    p.add_argument("--domain-id", type=number(int, min=0, max=232), help="ROS_DOMAIN_ID (default: 100 + pid %% 100)")
+    p.add_argument("--domain-id", type=number(int, min=0, max=232),
+                   help="ROS_DOMAIN_ID (default: 100 + pid %% 100)")
     args = p.parse_args(argv)
     try:
         if not args.bag.exists():
             raise UsageError(f"--bag {args.bag}: no such rosbag2 file or folder")
-        check_input_file(args.map, "--map")
+        check_eval_paths(args)
         if args.params is not None:
             check_input_file(args.params, "--params")
-        check_output_file(args.json, "--json")
-        for flag, folder in (("--plots", args.plots), ("--tum", args.tum)):
-            if folder is not None:
-                check_output_dir(folder, flag)
     except UsageError as e:
         print(f"reloc-eval-bag: error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..cli_args import HelpFormatter, check_input_file, check_output_dir, check_output_file, number
+from ..cli_args import HelpFormatter, check_eval_paths, number
 from ..metrics import pose_error, summarize_errors
 from ..gating import DEFAULT_THRESHOLDS, GateThresholds, gate_result, is_false_accept
 from .consistency import nees_inside_fraction, pose_error_vector
@@ -242,11 +242,7 @@ def main(argv=None) -> int:
                         f"(keys: {', '.join(DEFAULT_THRESHOLDS.as_dict())})")
     args = p.parse_args(argv)
     try:
-        check_input_file(args.map, "--map")
-        check_output_file(args.json, "--json")
-        for flag, folder in (("--plots", args.plots), ("--tum", args.tum)):
-            if folder is not None:
-                check_output_dir(folder, flag)
+        check_eval_paths(args)
         res = evaluate(args.map, args.dataset, refine=args.refine, device=args.device, frames=args.frames,
                        intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum,
                        reference=args.reference, front_end_options=args.front_end_options,
