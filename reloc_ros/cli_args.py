@@ -7,13 +7,14 @@ network trained (a ``--json`` in an unwritable folder used to fail with a traceb
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import tempfile
 from pathlib import Path
 
 __all__ = ["UsageError", "HelpFormatter", "number", "check_input_file", "check_output_file", "check_output_dir",
-           "check_new_dir", "check_eval_paths"]
+           "check_new_dir", "check_eval_paths", "parse_json_object"]
 
 
 class UsageError(ValueError):
@@ -123,3 +124,15 @@ def check_eval_paths(args) -> None:
     for flag, folder in (("--plots", args.plots), ("--tum", args.tum)):
         if folder is not None:
             check_output_dir(folder, flag)
+
+
+def parse_json_object(text: str, name: str) -> dict:
+    """A JSON object given as text (an option or a ROS parameter called ``name``; empty = ``{}``) -> dict. Raises a
+    ValueError that names ``name`` when the text is not JSON or not an object."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not a JSON object: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object")
+    return value

@@ -18,6 +18,22 @@ def test_help(name, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name, table", [("reloc-localizer", "LOCALIZER_PARAMS"), ("reloc-mapper", "MAPPER_PARAMS")])
+def test_node_executables_print_help_instead_of_starting(name, table):
+    """`reloc-localizer --help` used to start a node and wait forever, `reloc-mapper --help` exited 2. Run as a user
+    does (a subprocess, its own argv): help on stdout, every parameter with its default, exit 0, promptly."""
+    import subprocess
+    import sys
+
+    from reloc_ros.ros import params
+    module = CONSOLE_SCRIPTS[name].split(":")[0]
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: {name}")
+    for p in getattr(params, table):
+        assert f"  {p.name} ({p.type_name}, default {p.default!r}" in r.stdout, p.name
+
+
 @pytest.mark.parametrize("minutes", ["-1", "nan", "0", "inf", "ten"])
 def test_reloc_map_refuses_a_bad_minutes_cap_before_any_work(minutes, tmp_path, capsys):
     from reloc_ros.mapping.cli import main

@@ -392,3 +392,43 @@ def test_inline_executor_runs_offloaded_services_beside_inline_callbacks(env):
         cex.shutdown()
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_bad_parameters_fail_configure_with_one_line_each(env, tmp_path):
+    """The node started as `ros2 run` / a launch file starts it (its own --params-file and -p, not reloc-launch's
+    checked merge): an int for a double is taken (it used to crash the node), an unknown name, a bad choice, a bad
+    range and a -p value rcl dropped for the file's are each one error line at start-up, and configure fails.
+    Later changes go through the same checks (ints for doubles too)."""
+    import sys
+
+    from rcl_interfaces.srv import GetParameters, SetParameters
+    from rclpy.parameter import Parameter
+
+    from reloc_ros.ros.runner import LifecycleError, NodeProcess
+    name = "reloc_localizer_badparams"
+    cmd = [sys.executable, "-m", "reloc_ros.ros.localizer_node", "--ros-args", "-r", f"__node:={name}",
+           "--params-file", str(REPO / "config" / "localizer.yaml"), "-p", "max_rate:=5", "-p", "bogus:=3",
+           "-p", "image_transport:=foo", "-p", "min_confidence:=-1.0", "-p", "refine:=banana"]
+    h = NodeProcess("localizer", name, cmd, env, tmp_path / "node.log")
+    cl = Client(int(env["ROS_DOMAIN_ID"]), name)
+    try:
+        with pytest.raises(LifecycleError, match="transition configure failed"):
+            h.wait_active(timeout=120)
+        errors = [ln for ln in h.log_path.read_text().splitlines() if "[ERROR]" in ln]
+        for needle in ("unknown parameter 'bogus'", "image_transport: 'foo' is not allowed",
+                       "min_confidence: -1 is out of range", "-p refine:=banana did not take effect",
+                       "configure failed: 4 bad parameter(s)"):
+            assert sum(needle in ln for ln in errors) == 1, (needle, errors)
+        got = cl.call(GetParameters, f"/{name}/get_parameters", GetParameters.Request(names=["max_rate"]))
+        assert got.values[0].double_value == 5.0
+        req = SetParameters.Request(parameters=[Parameter("min_confidence", value=-1.0).to_parameter_msg(),
+                                                Parameter("max_rate", value=3).to_parameter_msg()])
+        res = cl.call(SetParameters, f"/{name}/set_parameters", req).results
+        assert not res[0].successful and "out of range" in res[0].reason
+        assert res[1].successful, res[1].reason
+        got = cl.call(GetParameters, f"/{name}/get_parameters", GetParameters.Request(names=["max_rate"]))
+        assert got.values[0].double_value == 3.0
+        assert h.alive()
+    finally:
+        cl.close()
+        h.stop()

@@ -180,7 +180,7 @@ def test_compressed_input_and_covariance_floor_at_configure_and_reload(loc):
     # the floor is a standard deviation: negative values are refused by the node
     req = SetParameters.Request(parameters=[Parameter("position_sigma_floor", value=-0.1).to_parameter_msg()])
     res = loc.cl.call(SetParameters, f"/{NAME}/set_parameters", req)
-    assert not res.results[0].successful and ">= 0.0" in res.results[0].reason
+    assert not res.results[0].successful and "out of range; expected >= 0" in res.results[0].reason
     # bytes that are no image, and a valid PNG of another size than camera_info's
     assert loc.status(loc.send(0, data=b"\x00" * 1000)).reason == "bad_encoding"
     ok, png = cv2.imencode(".png", np.zeros((240, 320, 3), np.uint8))
@@ -243,16 +243,21 @@ def test_on_demand_and_max_rate_modes(loc):
 
 
 def test_initialpose_prior_is_refined_and_lost_recovery_publishes_initialpose(loc):
-    """With refine on (set at run time, applied by ~/reload_map; malformed refiner_options refused): a base pose on /initialpose 4 cm / 1.5 deg off is
+    """With refine on (set at run time, applied by ~/reload_map; refiner_options that are not JSON refused on set, a bad option by the reload): a base pose on /initialpose 4 cm / 1.5 deg off is
     refined from the prior (no front end) to the ground truth; that pose follows a loss, so the node publishes it on
     /initialpose, and it never takes its own /initialpose as a prior. A prior in another frame is ignored."""
     from geometry_msgs.msg import PoseWithCovarianceStamped
 
     from reloc_ros.ros.conversions import T_to_pose, ns_to_stamp, pose_to_T
     cl = loc.cl
-    cl.set_params(NAME, refine=True, refiner_options='{"max_points": 1024')  # not JSON: the reload says so
-    r = loc.call("reload_map")
-    assert not r.success and "refiner_options" in r.message, r.message
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    bad = Parameter("refiner_options", value='{"max_points": 1024').to_parameter_msg()  # not JSON: refused on set
+    res = cl.call(SetParameters, f"/{NAME}/set_parameters", SetParameters.Request(parameters=[bad])).results[0]
+    assert not res.successful and res.reason.startswith("parameter refiner_options: ") and "JSON" in res.reason
+    cl.set_params(NAME, refine=True, refiner_options='{"max_points": 1024, "lm_backend": "banana"}')
+    r = loc.call("reload_map")  # valid JSON, a bad option: the reload says so and keeps the old map
+    assert not r.success and "lm_backend" in r.message, r.message
     cl.set_params(NAME, refiner_options='{"max_points": 1024, "lm_backend": "numba"}')
     r = loc.call("reload_map")
     assert r.success, r.message

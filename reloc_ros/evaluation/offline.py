@@ -203,7 +203,7 @@ def gate_summary(per_query: list[dict], gate: GateThresholds, out_of_map: bool =
 
 def _json_object(text: str) -> dict:
     """argparse type of the JSON-object options."""
-    from ..mapping.cli import parse_json_object
+    from ..cli_args import parse_json_object
     try:
         return parse_json_object(text, "the value")
     except ValueError as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli_args import HelpFormatter, UsageError, check_input_file, check_output_file, number
+from ..cli_args import HelpFormatter, UsageError, check_input_file, check_output_file, number, parse_json_object
 from ..device import check_device
 from ..frontends.registry import front_end_names, front_end_spec
 from ..map_file import MapFileError, reference_path
@@ -108,18 +108,6 @@ def parse_sets(items: list[str]) -> dict:
         k, v = item.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
-
-
-def parse_json_object(text: str, name: str) -> dict:
-    """A JSON object given as text (an option or a ROS parameter called ``name``; empty = ``{}``) -> dict. Raises a
-    ValueError that names ``name`` when the text is not JSON or not an object."""
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{name} is not a JSON object: {err}") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a JSON object")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
@@ -39,7 +40,8 @@ from ..geometry.pose import T_from_pos_quat, covariance_to_body_point, invert_T
 from .conversions import (InputError, camera_info_to_camera, check_image_against_camera, check_image_msg,
                           compressed_msg_to_rgb, covariance_to_ros, image_msg_to_rgb, ns_to_stamp,
                           pose_to_T, stamp_to_ns, T_to_pose, T_to_transform)
-from .params import LOCALIZER_PARAMS, Param
+from .params import (LOCALIZER_PARAMS, Param, check_values, cli_param_values, dropped_cli_values,
+                     extrinsic_values, node_help, wants_help)
 from .qos import image_qos, latched_qos, tf_qos
 from .spin import InlineExecutor, spin_until_shutdown
 from .tf_buffer import TfBuffer, TfError, TfListener
@@ -60,22 +62,39 @@ def camera_to_body(T_map_cam: np.ndarray, cov_cam: np.ndarray, T_body_cam: np.nd
     return T_map_cam @ T_cam_body, covariance_to_body_point(T_map_cam, cov_cam, T_cam_body)
 
 
-def declare_params(node, table: list[Param]) -> None:
+def declare_params(node, table: list[Param], argv=None) -> list[str]:
+    """Declare ``table`` on ``node`` with its overrides (``--params-file``, ``-p``) checked first: an integer for a
+    double is converted (``-p max_rate:=5``), a value of the wrong type, outside its choices or range is not applied
+    (the default is declared). Returns one error line per bad value, per unknown name (with the closest declared
+    one) and per ``-p`` in ``argv`` that rcl dropped in favour of the parameter file; the caller fails with them."""
+    overrides = {name: prm.value for name, prm in node._parameter_overrides.items()}  # rclpy's merged overrides
+    good, errors = check_values(table, overrides)
     for p in table:
-        extra = ""
-        if p.choices:
-            extra = f" One of {list(p.choices)}."
-        d = ParameterDescriptor(description=p.description + extra, read_only=p.read_only)
-        node.declare_parameter(p.name, p.default, d)
+        d = ParameterDescriptor(description=p.description, read_only=p.read_only,
+                                additional_constraints=p.constraints())
+        node.declare_parameter(p.name, good.get(p.name, p.default), d, ignore_override=True)
+    errors += dropped_cli_values(cli_param_values(argv, node.get_name()), overrides)
+    table_by_name = {p.name: p for p in table}
+
+    def ints_as_doubles(params):  # later sets (ros2 param set max_rate 5): as at start-up
+        return [Parameter(q.name, value=float(q.value)) if q.name in table_by_name and q.type_ ==
+                Parameter.Type.INTEGER and table_by_name[q.name].type_name == "double" else q for q in params]
+    if hasattr(node, "add_pre_set_parameters_callback"):  # rclpy >= Iron
+        node.add_pre_set_parameters_callback(ints_as_doubles)
+    for line in errors:
+        node.get_logger().error(line)
+    return errors
+
+
+def check_param_changes(table: list[Param], params) -> SetParametersResult:
+    """on-set callback: every change goes through the same checks as the start-up values."""
+    _, errors = check_values([p for p in table if not p.read_only], {q.name: q.value for q in params})
+    return SetParametersResult(successful=not errors, reason="; ".join(errors))
 
 
 def _extrinsic_param(values) -> np.ndarray | None:
-    v = [float(x) for x in values]
-    if len(v) == 1:
-        return None
-    if len(v) != 7:
-        raise ValueError(f"extrinsic must be [x, y, z, qx, qy, qz, qw] (7 values) or [0.0], got {len(v)} values")
-    return T_from_pos_quat(v[:3], v[3:])
+    v = extrinsic_values(values)
+    return None if v is None else T_from_pos_quat(v[:3], v[3:])
 
 
 class _Frame:
@@ -87,10 +106,10 @@ class _Frame:
 
 
 class LocalizerNode(LifecycleNode):
-    def __init__(self, node_name: str = "reloc_localizer", **kwargs):
+    def __init__(self, node_name: str = "reloc_localizer", argv=None, **kwargs):
         super().__init__(node_name, **kwargs)
-        declare_params(self, LOCALIZER_PARAMS)
-        self.add_on_set_parameters_callback(self._on_set_params)
+        self.param_errors = declare_params(self, LOCALIZER_PARAMS, argv)  # configure fails while there are any
+        self.add_on_set_parameters_callback(lambda params: check_param_changes(LOCALIZER_PARAMS, params))
         self.localizer = None
         self._loc_lock = threading.Lock()
         self._pub_lock = threading.Lock()
@@ -111,23 +130,6 @@ class LocalizerNode(LifecycleNode):
     # ---- parameters -------------------------------------------------------------------------------------------
     def p(self, name):
         return self.get_parameter(name).value
-
-    def _on_set_params(self, params) -> SetParametersResult:
-        table = {q.name: q for q in LOCALIZER_PARAMS}
-        for prm in params:
-            q = table.get(prm.name)
-            if q is None:
-                continue
-            if q.choices and prm.value not in q.choices:
-                return SetParametersResult(successful=False, reason=f"{prm.name} must be one of {list(q.choices)}")
-            if q.min is not None and isinstance(prm.value, (int, float)) and prm.value < q.min:
-                return SetParametersResult(successful=False, reason=f"{prm.name} must be >= {q.min}")
-            if prm.name == "camera_to_base":
-                try:
-                    _extrinsic_param(prm.value)
-                except ValueError as err:
-                    return SetParametersResult(successful=False, reason=str(err))
-        return SetParametersResult(successful=True)
 
     def _read_params(self):
         self.thresholds = GateThresholds(self.p("min_confidence"), self.p("min_inliers"), self.p("min_inlier_ratio"),
@@ -160,6 +162,10 @@ class LocalizerNode(LifecycleNode):
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.param_errors:
+            self.get_logger().error(f"configure failed: {len(self.param_errors)} bad parameter(s) at start-up "
+                                    "(each logged above); fix them and restart the node")
+            return TransitionCallbackReturn.FAILURE
         try:
             self._read_params()
             if int(self.p("num_threads")) > 0:
@@ -193,7 +199,7 @@ class LocalizerNode(LifecycleNode):
 
     def _load_localizer(self):
         from ..localizer import Localizer
-        from ..mapping.cli import parse_json_object
+        from ..cli_args import parse_json_object
         path = str(self.p("map_path"))
         if not path:
             raise ValueError("parameter map_path is empty: give the map file written by reloc-map")
@@ -617,8 +623,12 @@ def freeze_gc() -> None:
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = LocalizerNode()
+    argv = argv if argv is not None else sys.argv
+    if wants_help(argv):
+        print(node_help("reloc-localizer", __doc__.split("\n\n")[0], LOCALIZER_PARAMS, "localizer.yaml"))
+        return 0
+    rclpy.init(args=argv)
+    node = LocalizerNode(argv=argv)
 
     def autostart():
         if node.p("autostart"):

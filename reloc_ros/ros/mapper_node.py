@@ -37,8 +37,8 @@ from ..geometry.camera import Camera
 from ..geometry.pose import T_from_pos_quat, rotation_angle_deg
 from .conversions import (InputError, camera_info_to_camera, check_image_against_camera, image_msg_to_rgb,
                           pose_to_T, stamp_to_ns)
-from .localizer_node import declare_params
-from .params import MAPPER_PARAMS
+from .localizer_node import check_param_changes, declare_params
+from .params import MAPPER_PARAMS, extrinsic_values, node_help, wants_help
 from .qos import image_qos
 from .spin import InlineExecutor, spin_until_shutdown
 from .tf_buffer import TfBuffer, TfError, TfListener
@@ -120,17 +120,18 @@ class _TimedPoses:
 
 
 class MapperNode(Node):
-    def __init__(self, node_name: str = "reloc_mapper", **kwargs):
+    def __init__(self, node_name: str = "reloc_mapper", argv=None, **kwargs):
         super().__init__(node_name, **kwargs)
-        declare_params(self, MAPPER_PARAMS)
+        errors = declare_params(self, MAPPER_PARAMS, argv)  # each one logged
+        if errors:
+            raise ValueError(f"{len(errors)} bad parameter(s): {'; '.join(errors)}")
+        self.add_on_set_parameters_callback(lambda params: check_param_changes(MAPPER_PARAMS, params))
         self.p = p = lambda n: self.get_parameter(n).value  # noqa: E731
         if not p("output_dir"):
             raise ValueError("parameter output_dir is empty: give the dataset folder to record into")
         self.rec = KeyframeRecorder(p("output_dir"), p("min_translation"), p("min_rotation_deg"))
-        ext = [float(v) for v in p("camera_to_pose_frame")]
-        if len(ext) not in (1, 7):
-            raise ValueError("camera_to_pose_frame must be [x, y, z, qx, qy, qz, qw] or [0.0]")
-        self.T_pose_cam = np.eye(4) if len(ext) == 1 else T_from_pos_quat(ext[:3], ext[3:])
+        ext = extrinsic_values(p("camera_to_pose_frame"))
+        self.T_pose_cam = np.eye(4) if ext is None else T_from_pos_quat(ext[:3], ext[3:])
         self.camera = None
         self.skipped = {}
         self.poses = _TimedPoses()
@@ -229,7 +230,7 @@ class MapperNode(Node):
         if len(self.rec.names) < 2:
             response.success, response.message = False, f"only {len(self.rec.names)} frames recorded"
             return response
-        from ..mapping.cli import parse_json_object
+        from ..cli_args import parse_json_object
         try:
             overrides = parse_json_object(str(self.p("train_overrides")), "train_overrides")
         except ValueError as err:
@@ -264,9 +265,13 @@ class MapperNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    argv = argv if argv is not None else sys.argv
+    if wants_help(argv):
+        print(node_help("reloc-mapper", __doc__.split("\n\n")[0], MAPPER_PARAMS, "mapper.yaml"))
+        return 0
+    rclpy.init(args=argv)
     try:
-        node = MapperNode()
+        node = MapperNode(argv=argv)
     except ValueError as err:
         print(f"reloc_mapper: {err}", file=sys.stderr)
         rclpy.try_shutdown()

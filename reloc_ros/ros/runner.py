@@ -27,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 __all__ = ["ros_env", "fastdds_profile_path", "NodeProcess", "start_node", "start_localizer", "start_mapper",
-           "LifecycleError", "main"]
+           "node_params", "LifecycleError", "main"]
 
 REPO = Path(__file__).resolve().parents[2]
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
@@ -73,20 +75,7 @@ def ros_env(base: dict | None = None, domain_id: int | None = None, fastdds_prof
 
 
 class _Raw(str):
-    """A command-line value passed through verbatim (the ROS argument parser types it)."""
-
-
-def _fmt_value(v) -> str:
-    """A Python value as a ``-p name:=value`` YAML literal."""
-    if isinstance(v, _Raw):
-        return str(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_fmt_value(x) for x in v) + "]"
-    if isinstance(v, str):  # a YAML single-quoted scalar: stays a string whatever it holds (JSON, ':', '#')
-        return "'" + v.replace("'", "''") + "'"
-    return repr(v)
+    """A command-line value, typed as YAML by ``node_params`` (as the ROS argument parser types ``-p`` values)."""
 
 
 class NodeProcess:
@@ -98,6 +87,7 @@ class NodeProcess:
         self.log_path = Path(log_path) if log_path else None
         out = open(self.log_path, "wb") if self.log_path else None
         self._log_file = out
+        self.temp_files: list[Path] = []   # removed by stop()
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
 
     @property
@@ -138,6 +128,8 @@ class NodeProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        for path in self.temp_files:
+            path.unlink(missing_ok=True)
         return self.proc.returncode
 
     def __enter__(self):
@@ -231,24 +223,50 @@ class _ClientNode:
                 raise LifecycleError(f"{proc.name}: transition {label} failed (see its log):\n{proc.log_tail()}")
 
 
+def node_params(kind: str, name: str, params_file: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """The parameter values ``kind``'s node ``name`` gets: the file's section for it, then ``overrides`` on top
+    (``_Raw`` command-line text typed as YAML, as rcl does), each checked (ints for doubles converted). Raises
+    ParamError with one line per unknown name or bad value, before any node is started. (rcl itself keeps a file
+    value over a ``-p`` of another type: the merge is done here.)"""
+    from .params import LOCALIZER_PARAMS, MAPPER_PARAMS, ParamError, check_values, read_params_file
+    values = {}
+    if params_file is not None:
+        if not Path(params_file).is_file():
+            raise ParamError(f"parameter file {params_file} does not exist")
+        values = read_params_file(params_file, name)
+    for k, v in (overrides or {}).items():
+        if isinstance(v, _Raw):
+            try:
+                v = yaml.safe_load(v) if v.strip() else ""
+            except yaml.YAMLError:
+                raise ParamError(f"parameter {k}: {str(v)!r} is not a YAML value") from None
+        values[k] = os.fspath(v) if isinstance(v, os.PathLike) else v
+    good, errors = check_values(LOCALIZER_PARAMS if kind == "localizer" else MAPPER_PARAMS, values)
+    if errors:
+        raise ParamError("\n".join(errors))
+    return good
+
+
 def start_node(kind: str, params_file: str | Path | None = None, overrides: dict | None = None,
                env: dict | None = None, name: str | None = None, remaps: dict | None = None,
                log_path: str | Path | None = None) -> NodeProcess:
     """Start ``kind`` ('localizer' | 'mapper') as ``python -m <module> --ros-args ...`` with ``env`` (default
-    ``ros_env()``). ``overrides``: parameter values (``-p``), ``remaps``: topic remappings (``-r from:=to``)."""
+    ``ros_env()``). ``params_file`` + ``overrides`` (parameter values over the file's): merged and checked by
+    ``node_params`` and given to the node as one temporary parameter file; ``remaps``: topic remappings
+    (``-r from:=to``)."""
     if kind not in NODE_MODULES:
         raise ValueError(f"unknown node {kind!r}; choose one of {sorted(NODE_MODULES)}")
     name = name or DEFAULT_NAMES[kind]
-    cmd = [sys.executable, "-m", NODE_MODULES[kind], "--ros-args", "-r", f"__node:={name}"]
-    if params_file is not None:
-        if not Path(params_file).is_file():
-            raise FileNotFoundError(f"parameter file {params_file} does not exist")
-        cmd += ["--params-file", str(params_file)]
-    for k, v in (overrides or {}).items():
-        cmd += ["-p", f"{k}:={_fmt_value(v)}"]
+    values = node_params(kind, name, params_file, overrides)
+    fd, merged = tempfile.mkstemp(prefix=f"{name}.", suffix=".params.yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump({"/**": {"ros__parameters": values}}, f)
+    cmd = [sys.executable, "-m", NODE_MODULES[kind], "--ros-args", "-r", f"__node:={name}", "--params-file", merged]
     for a, b in (remaps or {}).items():
         cmd += ["-r", f"{a}:={b}"]
-    return NodeProcess(kind, name, cmd, env if env is not None else ros_env(), log_path)
+    proc = NodeProcess(kind, name, cmd, env if env is not None else ros_env(), log_path)
+    proc.temp_files.append(Path(merged))
+    return proc
 
 
 def start_localizer(params_file=None, overrides=None, env=None, **kw) -> NodeProcess:
@@ -286,8 +304,12 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=number(float, min=0, min_exclusive=True), default=300.0, help="seconds allowed for configure + activate")
     args = ap.parse_args(argv)
     env = ros_env(domain_id=args.domain_id)
-    h = start_node(args.node, args.params, parse_ros_pairs(args.param, "-p"), env, args.name,
-                   parse_ros_pairs(args.remap, "--remap"))
+    from .params import ParamError
+    try:
+        h = start_node(args.node, args.params, parse_ros_pairs(args.param, "-p"), env, args.name,
+                       parse_ros_pairs(args.remap, "--remap"))
+    except ParamError as err:
+        ap.error(str(err))
     forward = lambda sig, _frame: h.proc.send_signal(sig) if h.alive() else None  # noqa: E731
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
