@@ -3,6 +3,7 @@ that the small overfitted ACE map (``demo_map_ace``) knows, so the expected accu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,20 @@ def test_reloc_eval_bag_through_the_node(demo_map_ace, demo_scene_root, tmp_path
     assert 0 < res["latency_ms_median"] < 30_000 and res["node_rss_mb"] > 50
     for p in PLOTS:
         assert (tmp_path / "plots" / p).stat().st_size > 5000
+
+
+@pytest.mark.ros
+def test_reloc_eval_bag_stops_with_the_nodes_reason_when_configure_fails(demo_map_ace, demo_scene_root, tmp_path,
+                                                                        capsys):
+    """A map the node cannot load (here: truncated): reloc-eval-bag used to wait out its 180 s start timeout and
+    print two tracebacks; it now stops as soon as the node logs the failed configure, with the node's reason."""
+    map_path, names = demo_map_ace
+    broken = tmp_path / "broken.map.safetensors"
+    broken.write_bytes(Path(map_path).read_bytes()[:5000])
+    bag = write_bag(open_dataset(demo_scene_root, frames=names[:2]), tmp_path / "bag", fps=10.0, progress=False)
+    rc = bag_replay.main(["--bag", str(bag), "--map", str(broken), "--json", str(tmp_path / "bag.json"),
+                          "--work-dir", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert "the localizer's configure failed" in err and "truncated or corrupt" in err and "180 s" not in err, err
+    assert not (tmp_path / "bag.json").exists()

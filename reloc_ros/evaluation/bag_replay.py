@@ -220,6 +220,11 @@ def run_bag_replay(bag, map_path, rate: float | None = None, params=None, overri
         with NodeMonitor(node.pid) as mon:
             player = subprocess.Popen(cmd, env=env)
             while player.poll() is None:
+                failed = node.configure_errors()
+                if failed:
+                    player.kill()
+                    player.wait()
+                    raise RuntimeError("the localizer's configure failed:\n" + "\n".join(failed))
                 if not node.alive():
                     player.kill()
                     player.wait()

@@ -106,6 +106,14 @@ class NodeProcess:
             return "(log on the console)"
         return self.log_path.read_bytes()[-n:].decode(errors="replace")
 
+    def configure_errors(self) -> list[str]:
+        """The node's ERROR lines once its log says its configure failed (autostart), else []: a caller waiting for
+        the node to come up stops at once with the node's reason."""
+        lines = self.log_tail(20000).splitlines()
+        if not any("configure failed" in ln for ln in lines):
+            return []
+        return [ln for ln in lines if "[ERROR]" in ln]
+
     def wait_active(self, timeout: float = 120.0) -> "NodeProcess":
         """Localizer: configure then activate (raises LifecycleError on failure). Mapper: wait for its services."""
         domain = int(self.env.get("ROS_DOMAIN_ID", "0") or 0)
