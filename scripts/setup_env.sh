@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent environment setup for reloc_ros on a machine without a ROS 2 apt install:
 #   .venv with torch (CPU build: 2.13.0 on x86_64, 2.9.1 on aarch64) first, then requirements.txt, ROS 2 kilted wheels, and generated messages
-#   (tf2_msgs where it is not importable, and reloc_ros/msg). Called by `make setup` (and so by test/demo).
+#   (tf2_msgs and bond where they are not importable, and reloc_ros/msg). Called by `make setup` (and so by test/demo).
 # Re-running is cheap: every step checks whether it is already done (stamp files in .venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -82,6 +82,10 @@ build_msgs() {  # $1 = source dir, $2 = name, extra cmake args...
 if ! "$PY" -c "import tf2_msgs.msg" 2>/dev/null; then
   build_msgs "$ROOT/scripts/tf2_msgs" tf2_msgs
 fi
+# bond/msg/Status (Nav2's lifecycle_manager heartbeat, reloc_ros/ros/bond.py): no wheel either.
+if ! "$PY" -c "from bond.msg import Status, Constants" 2>/dev/null; then
+  build_msgs "$ROOT/scripts/bond" bond
+fi
 
 MSG_STAMP="$VENV/.reloc_msgs.sha"
 MSG_SHA="$(cat "$ROOT"/msg/*.msg "$ROOT/CMakeLists.txt" "$ROOT/package.xml" | sha256sum | cut -d' ' -f1)"
@@ -114,6 +118,6 @@ for name, target in scripts.items():
         os.chmod(path, 0o755)
 PYEOF
 
-"$PY" -c "import rclpy, tf2_msgs.msg, torch, pycolmap, poselib, rosbags, cv2; from reloc_ros.msg import RelocalizationStatus" \
+"$PY" -c "import rclpy, tf2_msgs.msg, bond.msg, torch, pycolmap, poselib, rosbags, cv2; from reloc_ros.msg import RelocalizationStatus" \
   || { echo "[setup] environment check failed" >&2; exit 1; }
 log "ok: $VENV (torch $("$PY" -c 'import torch;print(torch.__version__)'))"

@@ -12,6 +12,7 @@ test/conftest.py).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -430,5 +431,63 @@ def test_bad_parameters_fail_configure_with_one_line_each(env, tmp_path):
         assert got.values[0].double_value == 3.0
         assert h.alive()
     finally:
+        cl.close()
+        h.stop()
+
+
+def _change_state(cl, name, transition_id):
+    from lifecycle_msgs.srv import ChangeState
+    req = ChangeState.Request()
+    req.transition.id = transition_id
+    return cl.call(ChangeState, f"/{name}/change_state", req, timeout=120).success
+
+
+def test_under_a_nav2_like_lifecycle_manager(env, mapped, tmp_path):
+    """What nav2_lifecycle_manager does with a managed node, with bond messages written by hand (not bond.py): configure,
+    activate, then its bond side (heartbeats every 0.1 s; the node must answer within bond_timeout / 2 = 2 s and
+    never fall silent for bond_timeout = 4 s; the watch runs past the node's own 10 s connect timeout, which would
+    end a bond that never formed); deactivate breaks the bond (active: false); cleanup and shutdown succeed."""
+    from bond.msg import Status
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from reloc_ros.ros.runner import start_localizer
+    map_path, _ = mapped
+    name = "reloc_localizer_nav2"
+    h = start_localizer(REPO / "config" / "localizer.yaml", {"map_path": str(map_path)}, env=env, name=name,
+                        log_path=tmp_path / "node.log")
+    cl = Client(int(env["ROS_DOMAIN_ID"]), name)
+    heard = []  # (arrival time, active) of the node's bond statuses
+    qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    cl.node.create_subscription(Status, "/bond", lambda m: heard.append((time.monotonic(), m.active))
+                                if m.id == name and m.instance_id != "manager" else None, qos)
+    mgr = cl.publisher(Status, "/bond", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    beating, done = threading.Event(), threading.Event()
+
+    def manager_heartbeat():
+        while not done.wait(0.1):
+            if beating.is_set():
+                mgr.publish(Status(id=name, instance_id="manager", active=True, heartbeat_timeout=4.0,
+                                   heartbeat_period=0.1))
+    threading.Thread(target=manager_heartbeat, daemon=True).start()
+    try:
+        h.wait_active(timeout=180)  # configure -> activate, as the manager's startup
+        beating.set()
+        cl.wait(lambda: any(active for _, active in heard), 30, "the node's first bond heartbeat")
+        t_end = time.monotonic() + 12.0
+        time.sleep(12.0)
+        times = np.array([tm for tm, active in list(heard) if active])
+        assert times[-1] > t_end - 1.0, "the node's heartbeats stopped (its side never formed)"
+        gaps = np.diff(times)
+        assert gaps.max() < 4.0, f"a {gaps.max():.1f} s gap: Nav2 would fail the node"
+        assert len(times) >= 40  # ~10 Hz for 12 s
+        assert _change_state(cl, name, Transition.TRANSITION_DEACTIVATE)
+        cl.wait(lambda: any(not active for _, active in heard), 30, "the node breaking the bond (active: false)")
+        beating.clear()
+        assert _change_state(cl, name, Transition.TRANSITION_CLEANUP)
+        assert _change_state(cl, name, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        assert h.alive()
+    finally:
+        done.set()
         cl.close()
         h.stop()

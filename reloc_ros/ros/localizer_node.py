@@ -37,6 +37,7 @@ from reloc_ros.msg import RelocalizationStatus
 
 from ..gating import GateThresholds, gate_result
 from ..geometry.pose import T_from_pos_quat, covariance_to_body_point, invert_T
+from .bond import create_bond
 from .conversions import (InputError, camera_info_to_camera, check_image_against_camera, check_image_msg,
                           compressed_msg_to_rgb, covariance_to_ros, image_msg_to_rgb, ns_to_stamp,
                           pose_to_T, stamp_to_ns, T_to_pose, T_to_transform)
@@ -124,6 +125,7 @@ class LocalizerNode(LifecycleNode):
         self._tmrs = []
         self._srvs = []
         self._srv_group = MutuallyExclusiveCallbackGroup()
+        self._bond = None  # heartbeat to Nav2's lifecycle_manager while active (bond.py)
         self._stats_lock = threading.Lock()
         self._reset_stats()
 
@@ -232,6 +234,8 @@ class LocalizerNode(LifecycleNode):
         self._active = True
         self._worker = threading.Thread(target=self._work_loop, name="reloc_worker", daemon=True)
         self._worker.start()
+        self._destroy_bond()
+        self._bond = create_bond(self, float(self.p("bond_heartbeat_period")))
         self.get_logger().info("active")
         return TransitionCallbackReturn.SUCCESS
 
@@ -245,6 +249,8 @@ class LocalizerNode(LifecycleNode):
             self._worker = None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._bond is not None:
+            self._bond.break_bond()
         self._stop_worker()
         for s in self._insubs:
             self.destroy_subscription(s)
@@ -263,7 +269,13 @@ class LocalizerNode(LifecycleNode):
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
+    def _destroy_bond(self):
+        if self._bond is not None:
+            self._bond.destroy()
+            self._bond = None
+
     def _teardown(self):
+        self._destroy_bond()
         for t in self._tmrs:
             self.destroy_timer(t)
         for s in self._srvs:

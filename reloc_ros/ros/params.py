@@ -238,6 +238,8 @@ LOCALIZER_PARAMS = [
           "rotation_sigma_floor_deg). Applied on configure and ~/reload_map.", min=0.0),
     Param("num_threads", 0, "torch intra-op threads; 0 = torch's default.", min=0),
     Param("autostart", False, "Configure and activate at start-up (without a lifecycle manager)."),
+    Param("bond_heartbeat_period", 0.1, "Seconds between the bond heartbeats (bond/msg/Status on 'bond') sent "
+          "while active, which Nav2's lifecycle_manager watches (as nav2_util::LifecycleNode); 0 = no bond.", min=0.0),
     # topics and QoS
     Param("image_transport", "raw", "'raw': sensor_msgs/Image on 'image'; 'compressed': sensor_msgs/CompressedImage "
           "on 'image/compressed'.", choices=("raw", "compressed")),
