@@ -28,7 +28,6 @@ from .frontends.registry import front_end_names
 
 __all__ = ["main"]
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _say(msg: str) -> None:
@@ -186,7 +185,8 @@ def summary_table(offline: dict | None, replay: dict | None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="reloc-demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "out" / "demo", help="output folder (default out/demo)")
+    p.add_argument("--out", type=Path, default=Path("out") / "demo",
+                   help="output folder, relative to the working directory (default out/demo)")
     p.add_argument("--front-end", default="ace", choices=front_end_names(), help="front end (default ace)")
     p.add_argument("--minutes", type=number(float, min=0, min_exclusive=True), default=8.0,
                    help="mapping wall-clock cap (default 8); the schedule is a fixed number of iterations (ACE "

@@ -36,12 +36,12 @@ import yaml
 
 from ..cli_args import HelpFormatter, UsageError, check_eval_paths, check_input_file, number
 from ..geometry.pose import T_from_pos_quat, covariance_to_body_point
+from ..resources import share_file
 from .replay_metrics import replay_metrics
 from .report import machine_info, map_bytes, print_summary, refinement_summary, write_json, write_tum
 
 __all__ = ["read_bag_ground_truth", "read_bag_layout", "NodeMonitor", "run_bag_replay", "main"]
 
-REPO = Path(__file__).resolve().parents[2]
 GT_POSE_TOPIC = "/ground_truth/pose"
 
 
@@ -185,7 +185,7 @@ def run_bag_replay(bag, map_path, rate: float | None = None, params=None, overri
         raise FileNotFoundError(f"{map_path}: map file not found")
     layout = read_bag_layout(bag)
     gt_stamps, gt_poses, map_frame = read_bag_ground_truth(bag)
-    params = Path(params) if params is not None else REPO / "config" / "localizer.yaml"
+    params = Path(params) if params is not None else share_file("config/localizer.yaml")
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="reloc_eval_bag_"))
     work.mkdir(parents=True, exist_ok=True)
     ov = {"map_path": str(map_path.resolve()), "autostart": True, "map_frame": map_frame or "map",

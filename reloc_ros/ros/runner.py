@@ -32,7 +32,6 @@ import yaml
 __all__ = ["ros_env", "fastdds_profile_path", "NodeProcess", "start_node", "start_localizer", "start_mapper",
            "node_params", "LifecycleError", "main"]
 
-REPO = Path(__file__).resolve().parents[2]
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
 NODE_MODULES = {"localizer": "reloc_ros.ros.localizer_node", "mapper": "reloc_ros.ros.mapper_node"}
 DEFAULT_NAMES = {"localizer": "reloc_localizer", "mapper": "reloc_mapper"}
@@ -42,20 +41,10 @@ class LifecycleError(RuntimeError):
     """A lifecycle transition that failed or timed out (the message says which and points at the node's log)."""
 
 
-def _share_dir() -> Path | None:
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("reloc_ros"))
-    except Exception:  # noqa: BLE001 - ament_index is optional (absent with the pip wheels)
-        return None
-
-
 def fastdds_profile_path() -> Path:
-    """config/fastdds_shm.xml of the checkout, else of the installed package share directory."""
-    for base in (REPO, _share_dir()):
-        if base is not None and (base / "config" / "fastdds_shm.xml").is_file():
-            return base / "config" / "fastdds_shm.xml"
-    raise FileNotFoundError("config/fastdds_shm.xml not found in the checkout or the reloc_ros share directory")
+    """config/fastdds_shm.xml of the checkout, else of the installed package (pip prefix or ament share)."""
+    from ..resources import share_file
+    return share_file("config/fastdds_shm.xml")
 
 
 def ros_env(base: dict | None = None, domain_id: int | None = None, fastdds_profile: bool = True) -> dict:
