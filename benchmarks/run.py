@@ -65,7 +65,7 @@ SCENE_REFERENCE_CONF = {"redkitchen": {"unregistered_depth": "identity"}}
 
 def build(scene_dir: Path, out: Path, front_end: str, minutes: float, device: str, reference: bool,
           reuse: bool, conf: dict | None = None, reference_conf: dict | None = None) -> dict:
-    from reloc_ros.mapping.cli import MapJob, build_map
+    from reloc_ros.mapping.build import MapJob, build_map
     from reloc_ros.map_file import reference_path
     map_path = out / f"{front_end}.map.safetensors"
     info_path = out / f"{front_end}.map.json"

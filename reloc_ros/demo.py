@@ -81,7 +81,8 @@ DEMO_MIN_RECALL = 0.5
 
 
 def _step_map(args, out: Path, dataset: Path) -> Path:
-    from .mapping.cli import MapJob, build_map, parse_sets
+    from .mapping.build import MapJob, build_map
+    from .mapping.cli import parse_sets
 
     map_path = out / f"{args.front_end}.map.safetensors"
     key = {"dataset": str(dataset.resolve()), "frames": args.frames_map, "front_end": args.front_end,

@@ -1,9 +1,11 @@
 """The torch device a user names (``"cpu"``, ``"cuda"``, ``"cuda:1"``), checked before any work is done."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["check_device"]
+__all__ = ["check_device", "torch_threads"]
 
 
 def check_device(device) -> str:
@@ -22,3 +24,15 @@ def check_device(device) -> str:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return str(dev)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch intra-op threads set to ``n`` inside the block and restored after it; ``n`` None or 0: unchanged."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

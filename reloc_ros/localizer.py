@@ -20,23 +20,12 @@ from .device import check_device
 from .frontends.base import LocalizationResult, RefinementInfo
 from .frontends.registry import front_end_names, front_end_spec
 from .geometry.camera import Camera
+from .images import InputImageError, check_rgb_image
 from .map_file import MapFileError, load_map, reference_path
 
 __all__ = ["Localizer", "InputImageError"]
 
 
-class InputImageError(ValueError):
-    """An image that cannot be localized as given (wrong dtype/shape, size different from the camera's)."""
-
-
-def check_image(image: np.ndarray, camera: Camera) -> None:
-    """Raise ``InputImageError`` unless ``image`` is (H, W, 3) uint8 with (W, H) equal to the camera's size."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise InputImageError(f"expected an (H, W, 3) uint8 RGB image, got {desc}")
-    h, w = image.shape[:2]
-    if (w, h) != (camera.width, camera.height):
-        raise InputImageError(f"image is {w}x{h} but the camera intrinsics are for {camera.width}x{camera.height}")
 
 
 class Localizer:
@@ -72,6 +61,11 @@ class Localizer:
         if self.refiner is not None and not self.shares_features:
             out.update(self.refiner.precision)
         return out
+
+    @property
+    def backends(self) -> dict:
+        """Stage -> the library that runs it where it is not torch (e.g. {"ace_encoder": "onnxruntime"})."""
+        return {k: v for k, v in getattr(self.front_end, "backends", {}).items() if v != "torch"}
 
     @property
     def precision(self) -> dict:
@@ -119,7 +113,7 @@ class Localizer:
         """Front end, then refinement of its pose when enabled. When the front end fails and a prior pose is
         given (e.g. from /initialpose), the refiner starts from the prior instead."""
         t0 = time.perf_counter()
-        check_image(image, camera)
+        check_rgb_image(image, camera)
         camera.validate()
         result = self.front_end.localize(image, camera)
         if self.refiner is not None:
@@ -142,7 +136,7 @@ class Localizer:
         if self.refiner is None:
             raise RuntimeError("refine_from_prior needs a Localizer loaded with refine=True")
         t0 = time.perf_counter()
-        check_image(image, camera)
+        check_rgb_image(image, camera)
         result = LocalizationResult(False, None, None, 0.0, "prior", reason="refinement_rejected")
         self._apply_refinement(result, image, camera, np.asarray(T_world_cam_prior, dtype=np.float64), from_prior=True)
         self._add_covariance_floor(result)

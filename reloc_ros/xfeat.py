@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .images import rgb_batch
+
 __all__ = ["LEVELS", "GRAY_MODES", "XFeatPyramid", "rgb_to_gray", "pixel_to_level", "level_to_pixel"]
 
 # name -> (stride, channels)
@@ -44,17 +46,7 @@ def rgb_to_gray(images: np.ndarray | list, mode: str = "bt601", device="cpu") ->
     grayscale in [0, 1]."""
     if mode not in GRAY_MODES:
         raise ValueError(f"unknown grayscale mode {mode!r}; choose from {GRAY_MODES}")
-    if isinstance(images, list):
-        arr = np.stack(images)
-    else:
-        arr = np.asarray(images)
-        arr = arr[None] if arr.ndim == 3 else arr
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        shape = arr.shape[1:] if arr.ndim == 4 else arr.shape
-        raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {shape} {arr.dtype}")
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # e.g. np.asarray(PIL image): torch warns about read-only memory
-        arr = arr.copy()
+    arr = rgb_batch(images)  # writable: torch warns about read-only memory
     t = torch.from_numpy(arr).to(device).float().mul_(1 / 255.0)
     if mode == "bt601":
         gray = t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114

@@ -71,7 +71,7 @@ def demo_map_ace(demo_scene_root):
     import json
     import shutil
 
-    from reloc_ros.mapping.cli import MapJob, build_map
+    from reloc_ros.mapping.build import MapJob, build_map
 
     names = (demo_scene_root / "mapping.txt").read_text().split()[:120:20]
     h = hashlib.sha256(json.dumps([DEMO_MAP_ACE_CONF, names, demo_scene_root.name,

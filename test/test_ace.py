@@ -185,7 +185,7 @@ def test_too_few_inliers_is_a_failure(demo_map):
     assert not r.success and r.reason == "too_few_inliers" and r.T_world_cam is None and r.covariance is None
     assert r.inlier_count < 50 and "total" in r.timings_ms
     noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match="camera is"):
+    with pytest.raises(ValueError, match="image is 640x240 but the camera intrinsics are for 640x480"):
         fe.localize(noise[:240], ds.camera)
     with pytest.raises(ValueError, match="unknown ACE front-end option"):
         AceFrontEnd.from_map(tensors, meta, thresold_px=3)

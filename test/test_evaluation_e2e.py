@@ -79,3 +79,27 @@ def test_reloc_eval_bag_stops_with_the_nodes_reason_when_configure_fails(demo_ma
     assert rc == 2 and "Traceback" not in err, err
     assert "the localizer's configure failed" in err and "truncated or corrupt" in err and "180 s" not in err, err
     assert not (tmp_path / "bag.json").exists()
+
+
+@pytest.mark.ros
+def test_the_node_and_reloc_eval_make_the_same_gate_decisions(demo_map_ace, demo_scene_root, tmp_path):
+    """The gate lives in the core: with a min_inliers threshold that splits the frames, reloc-eval (--gate) and the
+    live node (-p min_inliers:=N, through reloc-eval-bag) accept and reject exactly the same frames."""
+    map_path, names = demo_map_ace
+    frames = tmp_path / "frames.txt"
+    frames.write_text("\n".join(names) + "\n")
+    args = ["--map", str(map_path), "--dataset", str(demo_scene_root), "--frames", str(frames)]
+    assert offline.main(args + ["--json", str(tmp_path / "all.json")]) == 0
+    counts = sorted(q["inlier_count"] for q in json.loads((tmp_path / "all.json").read_text())["per_query"])
+    threshold = counts[len(counts) // 2]  # about half of the frames below it
+    gate = json.dumps({"min_inliers": threshold, "min_confidence": 0.0})
+    assert offline.main(args + ["--gate", gate, "--json", str(tmp_path / "gated.json")]) == 0
+    offline_accepted = [q["accepted"] for q in json.loads((tmp_path / "gated.json").read_text())["per_query"]]
+    assert 0 < sum(offline_accepted) < len(offline_accepted), (counts, threshold)
+    bag = write_bag(open_dataset(demo_scene_root, frames=names), tmp_path / "bag", fps=10.0, progress=False)
+    rc = bag_replay.main(["--bag", str(bag), "--map", str(map_path), "--json", str(tmp_path / "bag.json"),
+                          "-p", f"min_inliers:={threshold}", "-p", "min_confidence:=0.0",
+                          "--work-dir", str(tmp_path / "work")])
+    assert rc == 0, (tmp_path / "work" / "localizer.log").read_text()[-3000:]
+    node_accepted = [f["accepted"] for f in json.loads((tmp_path / "bag.json").read_text())["per_frame"]]
+    assert node_accepted == offline_accepted

@@ -240,7 +240,7 @@ def test_metadata_schema_covers_the_model_keys(tmp_path):
 
 def test_default_conf_is_documented_and_validated(tmp_path):
     assert set(DEFAULT_CONF) == set(CONF_HELP)
-    with pytest.raises(ValueError, match="unknown implicit mapping options"):
+    with pytest.raises(ValueError, match="unknown implicit mapping option"):
         train({"learning_rate": 1.0}, [], tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="minutes"):
         train({"minutes": None, "epochs": None}, [], tmp_path / "m.safetensors")

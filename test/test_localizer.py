@@ -50,7 +50,8 @@ def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp
     mapping = open_dataset(demo_scene_root, frames=names)
     ref = build_reference(mapping, tmp_path / "bt601.ref.safetensors", {"pca_images": 6})
     # fp32 encoder: the shared levels equal the refiner's own fp32 pass exactly
-    loc = Localizer.from_map(path, refine=True, reference=ref, front_end_options={"encoder_precision": "fp32"},
+    loc = Localizer.from_map(path, refine=True, reference=ref,
+                             front_end_options={"encoder_precision": "fp32", "encoder_backend": "torch"},
                              refiner_options={"feature_precision": "fp32"})
     assert loc.shares_features
     frame = mapping[2]
@@ -71,7 +72,12 @@ def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp
     assert full.success and full.dense_features is None and full.refinement.ran
     # A resized image: nothing to share (the levels would not be at the image's resolution).
     assert loc.front_end.localize(frame.image, frame.camera).dense_features is None
-    # the default bf16 encoder: the same levels to bf16 precision (float32 tensors)
+    # the encoder through onnxruntime shares its levels too: the same to float rounding
+    by_ort = Localizer.from_map(path, refine=True, reference=ref, front_end_options={
+        "encoder_precision": "fp32", "encoder_backend": "onnxruntime"}).front_end.localize(small, cam).dense_features
+    for lv in loc.refiner.levels:
+        torch.testing.assert_close(by_ort[lv], own[lv], atol=1e-4 * float(own[lv].abs().max()), rtol=0)
+    # the default encoder (bf16 where auto picks it): the same levels to bf16 precision (float32 tensors)
     shared = Localizer.from_map(path, refine=True, reference=ref).front_end.localize(small, cam).dense_features
     for lv in loc.refiner.levels:
         assert shared[lv].dtype == torch.float32

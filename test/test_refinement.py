@@ -171,7 +171,7 @@ def test_clear_errors_on_bad_input(refiner, scene):
         refiner.refine(fr.image.astype(np.float32), fr.camera, fr.T_world_cam)
     with pytest.raises(ValueError, match="camera is 640x480"):
         refiner.refine(fr.image[:240], fr.camera, fr.T_world_cam)
-    with pytest.raises(ValueError, match="unknown refiner options"):
+    with pytest.raises(ValueError, match="unknown refiner option"):
         FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, max_iters=3)
     with pytest.raises(ValueError, match="not in the reference model"):
         FeaturemetricRefiner(refiner.ref, "cpu", net=refiner.net, levels=["x4"])
@@ -243,7 +243,7 @@ def test_point_weights_flag_inconsistent_points_and_reach_the_refiner(scene, ref
     assert np.median(w[bad & seen]) < 0.5 * np.median(w[~bad & seen])
     with pytest.raises(ValueError, match="frames given"):
         view_consistency(load_reference((tensors, meta)), [frames[0]])
-    with pytest.raises(ValueError, match="unknown point weight options"):
+    with pytest.raises(ValueError, match="unknown point weight option"):
         estimate_point_weights(tensors, meta, frames, {"views": 3})
     # stored with the reference, loaded, used by default
     estimate_point_weights(moved, meta, frames, {}, net=refiner.net)

@@ -1,6 +1,6 @@
 """Node paths over real DDS, each node in its own process: the localizer with ``sensor_msgs/CompressedImage`` input,
 its covariance-floor parameters (at configure and on ~/reload_map), the ``on_demand`` and ``max_rate`` processing
-modes, ``/initialpose`` in (refine-from-prior) and out (Nav2 re-initialisation after a loss); the mapper's
+modes, the robot_localization set-up (``publish_tf`` false, ~/pose only), ``/initialpose`` in (refine-from-prior) and out (Nav2 re-initialisation after a loss); the mapper's
 ``~/build_map`` service end to end.
 
 One localizer process serves the three localizer tests, in file order (the first checks the floor given at
@@ -240,6 +240,43 @@ def test_on_demand_and_max_rate_modes(loc):
         assert loc.status(loc.send(3)).reason == "ok"
     finally:
         cl.set_params(NAME, mode="continuous", max_rate=0.0)
+
+
+def test_robot_localization_setup_pose_without_tf(loc):
+    """The README's robot_localization set-up: with publish_tf false the node publishes no transform (the EKF owns
+    map->odom) and ~/pose alone carries the base pose in the map frame with a covariance robot_localization can
+    gate on: symmetric, positive definite, and the ground truth inside the documented pose0_rejection_threshold
+    (Mahalanobis distance 5). With publish_tf true the same frame's pose is on /tf too."""
+    from scipy.spatial.transform import Rotation
+
+    from reloc_ros.ros.params import LOCALIZER_PARAMS
+    cl = loc.cl
+
+    tolerance_ns = int(next(p.default for p in LOCALIZER_PARAMS if p.name == "transform_tolerance") * 1e9)
+
+    def tf_at(stamp):  # the frame's map->base_link (post-dated); called under cl.lock by cl.wait: takes no lock
+        return [t for m in list(cl.tf) for t in m.transforms if t.header.frame_id == "map"
+                and ns(t.header.stamp) == stamp + tolerance_ns]
+    try:
+        s = loc.send(1)
+        assert loc.status(s).accepted
+        loc.pose(s)
+        cl.wait(lambda: bool(tf_at(s)), 10, "map->base_link on /tf with publish_tf true")
+        cl.set_params(NAME, publish_tf=False)
+        s = loc.send(1)
+        T_map_cam, cov, msg = loc.pose(s)
+        time.sleep(1.0)
+        assert not tf_at(s), "a transform was published with publish_tf false"
+        assert msg.header.frame_id == "map" and len(msg.pose.covariance) == 36
+        np.testing.assert_allclose(cov, cov.T, atol=1e-12)
+        assert np.linalg.eigvalsh(cov).min() > 0
+        T_gt = loc.frames[1].T_world_cam @ invert_T(loc.T_base_cam)
+        T_est = T_map_cam @ invert_T(loc.T_base_cam)
+        dth = (Rotation.from_matrix(T_gt[:3, :3]) * Rotation.from_matrix(T_est[:3, :3]).inv()).as_rotvec()
+        e = np.r_[T_gt[:3, 3] - T_est[:3, 3], dth]
+        assert float(np.sqrt(e @ np.linalg.solve(cov, e))) < 5.0
+    finally:
+        cl.set_params(NAME, publish_tf=True)
 
 
 def test_initialpose_prior_is_refined_and_lost_recovery_publishes_initialpose(loc):

@@ -13,7 +13,8 @@ from reloc_ros.datasets import open_dataset
 from reloc_ros.geometry.camera import Camera
 from reloc_ros.geometry.pose import perturb_T, transform_points
 from reloc_ros.map_file import load_map, reference_path
-from reloc_ros.mapping.cli import _merge_conf, parse_sets
+from reloc_ros.conf import merge_conf
+from reloc_ros.mapping.cli import parse_sets
 from reloc_ros.metrics import pose_error
 from reloc_ros.refinement import FeaturemetricRefiner, ReferenceBuildError, build_reference
 from reloc_ros.refinement import reference as ref_mod
@@ -154,7 +155,7 @@ def test_refinement_converges_on_triangulated_reference(demo_scene_root, tri_ref
 
 
 def test_points_option_and_cli_parsing():
-    conf = _merge_conf(ref_mod.DEFAULT_CONF, parse_sets(["points=triangulate", "triangulation={max_features: 1024}"]),
+    conf = merge_conf(ref_mod.DEFAULT_CONF, parse_sets(["points=triangulate", "triangulation={max_features: 1024}"]),
                        "reference")
     assert conf["points"] == "triangulate" and conf["triangulation"] == {"max_features": 1024}
     assert ref_mod.DEFAULT_CONF["points"] == "auto"
@@ -169,7 +170,7 @@ def test_clear_errors(mapping, tmp_path):
         triangulate_dataset(unposed, TRI_CONF, progress=False)
     with pytest.raises(TriangulationError, match="at least 2"):
         triangulate_dataset([fr], TRI_CONF, progress=False)
-    with pytest.raises(ValueError, match="unknown triangulation options"):
+    with pytest.raises(ValueError, match="unknown triangulation option"):
         triangulate_dataset([fr, fr], {"max_feature": 10}, progress=False)
     # textureless images: nothing matches
     flat = [dataclasses.replace(frames[i], image=np.full_like(fr.image, 128)) for i in range(3)]

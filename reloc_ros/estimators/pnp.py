@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..conf import merge_conf
 from ..geometry.camera import Camera
 from ..geometry.pose import covariance_right_to_world, invert_T, make_T, project_to_so3
 from .dsac import DSAC_DEFAULTS, dsac_pnp
@@ -206,10 +207,7 @@ def pnp_ransac(points2d, points3d, camera: Camera, threshold_px: float = 10.0, m
     known = {"dsac": DSAC_DEFAULTS, "opencv": OPENCV_DEFAULTS}.get(backend, {})
     if backend_options and not known:
         raise ValueError(f"backend {backend!r} takes no backend_options (got {sorted(backend_options)})")
-    unknown = sorted(set(backend_options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown {backend} option(s) {unknown}; known: {sorted(known)}")
-    options = {**known, **backend_options}
+    options = merge_conf(known, backend_options, backend)
     uv, X = _check_inputs(points2d, points3d)
     n = len(uv)
     empty = np.zeros(n, dtype=bool)

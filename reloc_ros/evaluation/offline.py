@@ -26,8 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..cli_args import HelpFormatter, check_eval_paths, number
-from ..metrics import pose_error, summarize_errors
+from ..conf import merge_conf
 from ..gating import DEFAULT_THRESHOLDS, GateThresholds, gate_result, is_false_accept
+from ..metrics import pose_error, summarize_errors
 from .consistency import nees_inside_fraction, pose_error_vector
 from .report import (latency_stats, machine_info, map_bytes, print_summary, refinement_summary, write_json,
                      write_tum)
@@ -158,6 +159,7 @@ def _provenance(localizer, map_path, reference, device, load_s: float) -> dict:
         out["reference"] = str(reference)
     out["device"] = device
     out["precision"] = localizer.precision
+    out["backends"] = localizer.backends
     out["precision_choices"] = {k: c.as_dict() for k, c in localizer.precision_choices.items()}
     training = localizer.metadata.get("training") or {}
     out["map_training"] = {k: training.get(k) for k in ("iterations", "iterations_planned", "iterations_scheduled",
@@ -211,10 +213,7 @@ def _json_object(text: str) -> dict:
 
 
 def _gate(overrides: dict) -> GateThresholds:
-    unknown = sorted(set(overrides) - set(DEFAULT_THRESHOLDS.as_dict()))
-    if unknown:
-        raise ValueError(f"unknown --gate key(s) {unknown}; known: {sorted(DEFAULT_THRESHOLDS.as_dict())}")
-    return GateThresholds(**{**DEFAULT_THRESHOLDS.as_dict(), **overrides})
+    return GateThresholds(**merge_conf(DEFAULT_THRESHOLDS.as_dict(), overrides, "--gate"))
 
 
 def main(argv=None) -> int:

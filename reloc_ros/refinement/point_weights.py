@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..conf import merge_conf
 from ..geometry.pose import invert_T, transform_points, view_distance
 from ..map_file import load_map, save_map
 from ..xfeat import XFeatPyramid, pixel_to_level, rgb_to_gray
@@ -116,10 +117,7 @@ def estimate_point_weights(tensors: dict, meta: dict, frames, conf: dict | None 
     """Add the estimated weights to a reference model's ``tensors`` / ``meta`` in place: tensors
     ``point_weights`` (P,) float32 and ``point_consistency`` (P,) float32 (``d``), metadata ``point_weights`` (the
     conf and the number of points compared in at least one view). The other arguments as ``view_consistency``."""
-    unknown = set(conf or {}) - set(DEFAULT_WEIGHT_CONF)
-    if unknown:
-        raise ValueError(f"unknown point weight options {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHT_CONF)}")
-    conf = {**DEFAULT_WEIGHT_CONF, **(conf or {})}
+    conf = merge_conf(DEFAULT_WEIGHT_CONF, conf, "point weight")
     d = view_consistency(load_reference((tensors, meta), device), frames, conf, device, net)
     tensors["point_consistency"] = torch.from_numpy(d)
     tensors["point_weights"] = torch.from_numpy(weights_from_consistency(d, conf["scale"]))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..conf import merge_conf
+from ..device import torch_threads
 from ..estimators.pnp import pnp_ransac
 from ..geometry.camera import Camera
 from ..geometry.pose import (covariance_right_to_world, invert_T, position_confidence, rotation_angle_deg,
@@ -128,10 +130,7 @@ class FeaturemetricRefiner:
     """LM featuremetric refinement over a loaded ``ReferenceModel``."""
 
     def __init__(self, reference: ReferenceModel, device: str = "cpu", net: XFeatPyramid | None = None, **conf):
-        unknown = set(conf) - set(DEFAULT_REFINER_CONF)
-        if unknown:
-            raise ValueError(f"unknown refiner options {sorted(unknown)}; known: {sorted(DEFAULT_REFINER_CONF)}")
-        self.conf = {**DEFAULT_REFINER_CONF, **conf}
+        self.conf = merge_conf(DEFAULT_REFINER_CONF, conf, "refiner")
         levels = list(self.conf["levels"] or reference.levels)
         missing = [lv for lv in levels if lv not in reference.levels]
         if missing:
@@ -272,16 +271,8 @@ class FeaturemetricRefiner:
     @contextlib.contextmanager
     def _lm_threads(self):
         """torch threads for the LM (``cpu_threads``), restored afterwards."""
-        n = self.conf["cpu_threads"]
-        if n is None or self.device.type != "cpu":
+        with torch_threads(self.conf["cpu_threads"] if self.device.type == "cpu" else None):
             yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(int(n))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
     # ---------------------------------------------------------------------------------------------------------
     def refine(self, image: np.ndarray, camera: Camera, T_init: np.ndarray,

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..conf import merge_conf
 from ..geometry.pose import view_distance
 
 __all__ = ["DEFAULT_TRIANGULATION_CONF", "Triangulation", "TriangulationError", "triangulate_dataset",
@@ -139,11 +140,7 @@ def triangulate_dataset(frames, conf: dict | None = None, work_dir=None, progres
     """
     import pycolmap
 
-    conf = {**DEFAULT_TRIANGULATION_CONF, **(conf or {})}
-    unknown = set(conf) - set(DEFAULT_TRIANGULATION_CONF)
-    if unknown:
-        raise ValueError(f"unknown triangulation options {sorted(unknown)}; known: "
-                         f"{sorted(DEFAULT_TRIANGULATION_CONF)}")
+    conf = merge_conf(DEFAULT_TRIANGULATION_CONF, conf, "triangulation")
     if len(frames) < 2:
         raise TriangulationError(f"triangulation needs at least 2 posed images, got {len(frames)}")
     t0 = time.perf_counter()

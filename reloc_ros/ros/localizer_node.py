@@ -215,6 +215,8 @@ class LocalizerNode(LifecycleNode):
             raise ValueError(f"front_end is {want!r} but {path} holds a {loc.front_end_name!r} map")
         for choice in loc.precision_choices.values():
             self.get_logger().info(f"precision {choice.describe()}")
+        for stage, backend in loc.backends.items():
+            self.get_logger().info(f"{stage} runs on {backend}")
         if loc.training_warning:
             self.get_logger().warn(loc.training_warning)
         return loc
@@ -575,6 +577,8 @@ class LocalizerNode(LifecycleNode):
                 "front_end": self.localizer.front_end_name if self.localizer is not None else "",
                 "precision": json.dumps(self.localizer.precision if self.localizer is not None else {},
                                         sort_keys=True),
+                "backends": json.dumps(self.localizer.backends if self.localizer is not None else {},
+                                       sort_keys=True),
                 "reasons": json.dumps(dict(self.counters), sort_keys=True)}
         st.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray(status=[st])

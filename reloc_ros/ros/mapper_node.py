@@ -243,7 +243,7 @@ class MapperNode(Node):
         return response
 
     def _build(self, out: Path, overrides: dict):
-        from ..mapping.cli import MapJob, build_map
+        from ..mapping.build import MapJob, build_map
         t0 = time.monotonic()
         done = threading.Event()
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...images import rgb_batch
 from ...xfeat import XFeatPyramid, rgb_to_gray
 
 __all__ = ["DenseEncoder", "XFeatEncoder", "AceEncoderNet", "AceEncoder", "make_encoder", "parse_encoder_spec",
@@ -36,9 +37,7 @@ class EncoderError(ValueError):
 def rgb_to_gray_tensor(images: np.ndarray | list, device="cpu") -> torch.Tensor:
     """(H, W, 3) uint8 RGB (or a list of equally sized ones) -> (B, 1, H', W') float32 BT.601 grayscale in [0, 1],
     cropped to multiples of 8 at the bottom/right."""
-    arr = np.stack(images) if isinstance(images, list) else np.asarray(images)[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {arr.shape} {arr.dtype}")
+    arr = rgb_batch(images)
     h, w = (arr.shape[1] // STRIDE) * STRIDE, (arr.shape[2] // STRIDE) * STRIDE
     if h == 0 or w == 0:
         raise ValueError(f"image {arr.shape[1:3]} is smaller than one {STRIDE}x{STRIDE} cell")
@@ -79,14 +78,22 @@ class XFeatEncoder(DenseEncoder):
         self.net = self.pyramid.net
         self.shared_levels: tuple = ()
         self.last_levels: dict = {}
+        self.onnx = None  # an OnnxXFeatPyramid once use_onnxruntime() was called
         self.eval().requires_grad_(False)
+
+    def use_onnxruntime(self, threads: int | None = None) -> None:
+        """Run the backbone with onnxruntime on the CPU from now on (single images; reloc_ros/xfeat_onnx.py)."""
+        from ...xfeat_onnx import OnnxXFeatPyramid
+        self.onnx = OnnxXFeatPyramid(self.pyramid, threads)
 
     def share_levels(self, levels) -> None:
         self.shared_levels = tuple(levels)
         self.pyramid.set_levels(("fused", "heat") + tuple(levels))
+        if self.onnx is not None:
+            self.onnx.set_levels(self.pyramid.levels)
 
     def forward(self, gray: torch.Tensor):
-        out = self.pyramid(gray)
+        out = self.pyramid(gray) if self.onnx is None else self.onnx(gray)
         self.last_levels = {lv: out[lv] for lv in self.shared_levels}
         return out["fused"], out["heat"]
 

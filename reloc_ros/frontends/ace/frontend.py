@@ -7,8 +7,10 @@ import cv2
 import numpy as np
 import torch
 
+from ...conf import merge_conf
 from ...estimators.pnp import pnp_ransac
 from ...geometry.camera import Camera
+from ...images import check_rgb_image
 from ...map_file import MapFileError, check_metadata
 from ...precision import autocast_context, resolve_precision
 from ..base import LocalizationResult, load_weights
@@ -35,6 +37,10 @@ DEFAULT_OPTIONS = {
                                # same accuracy as fp32 on 7-Scenes (400 queries), 6 ms less (RESULTS_ace.md); on an
                                # AVX2-only CPU it is ~40x slower
     "head_precision": "auto",  # head autocast: "auto" | "fp32" | "bf16" | "fp16" (CUDA)
+    "encoder_backend": "auto", # "torch" | "onnxruntime" (the XFeat encoder in fp32 on the CPU, xfeat_onnx.py; the
+                               # same features to 1e-4 of their range) | "auto": onnxruntime where the encoder runs fp32 on the CPU
+                               # and onnxruntime is installed, else torch (benchmarks/RESULTS.md, "XFeat through
+                               # onnxruntime")
     "confidence_inliers": 300, # inliers (counted over all cells) at which the confidence saturates (``_confidence``)
     "encoder_weights": None,   # overrides the ACE encoder weights path stored in the map
     # The PnP covariance σ²(JᵀJ)⁻¹ treats the ~4800 reprojection residuals as independent; scene-coordinate errors
@@ -73,10 +79,7 @@ class AceFrontEnd:
 
     def __init__(self, encoder, head: SceneCoordinateHead, feature_mean, feature_std, image_height: int,
                  device="cpu", **options):
-        unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown ACE front-end option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
-        self.options = {**DEFAULT_OPTIONS, **options}
+        self.options = merge_conf(DEFAULT_OPTIONS, options, "ACE front-end")
         self.device = str(device)
         self.encoder = encoder.eval()
         self.head = head.eval().to(self.device)
@@ -84,6 +87,7 @@ class AceFrontEnd:
         self.feature_std = feature_std.float().to(self.device)
         self.image_height = int(image_height)
         self.precision = self._resolve_precisions()
+        self.backends = {"ace_encoder": self._resolve_encoder_backend()}
 
     def _resolve_precisions(self) -> dict:
         """``{"ace_encoder": PrecisionChoice, "ace_head": ...}`` for the encoder and head options (probed on a
@@ -104,6 +108,23 @@ class AceFrontEnd:
                                                  encoder_run, f"{self.encoder.spec}_{h}x{w}"),
                 "ace_head": resolve_precision(self.options["head_precision"], self.device, "ace_head", head_run,
                                               f"w{self.head.width}_n{n_cells}")}
+
+    def _resolve_encoder_backend(self) -> str:
+        """"torch" or "onnxruntime" for the ``encoder_backend`` option (after the precision is resolved)."""
+        from ...xfeat_onnx import onnxruntime_available
+        want = self.options["encoder_backend"]
+        if want not in ("auto", "torch", "onnxruntime"):
+            raise ValueError(f"encoder_backend must be 'auto', 'torch' or 'onnxruntime', got {want!r}")
+        possible = (hasattr(self.encoder, "use_onnxruntime") and self.device == "cpu"
+                    and self.precision["ace_encoder"].precision == "fp32")
+        if want == "onnxruntime" and not possible:
+            raise ValueError(f"encoder_backend 'onnxruntime' runs the XFeat encoder in fp32 on the CPU; this map's "
+                             f"encoder is {self.encoder.spec!r} on {self.device} in "
+                             f"{self.precision['ace_encoder'].precision}")
+        if want == "torch" or (want == "auto" and not (possible and onnxruntime_available())):
+            return "torch"
+        self.encoder.use_onnxruntime()
+        return "onnxruntime"
 
     def share_levels(self, levels, gray: str) -> bool:
         """Also compute the XFeat ``levels`` (grayscale ``gray``) in the encoder pass, for the refinement to reuse
@@ -143,11 +164,7 @@ class AceFrontEnd:
         ``shared``: filled with the levels set up by ``share_levels`` when they can be reused (see there)."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-        if (image.shape[1], image.shape[0]) != (camera.width, camera.height):
-            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but the camera is "
-                             f"{camera.width}x{camera.height}")
+        check_rgb_image(image, camera)
         s = self.image_height / image.shape[0]
         cam = camera
         if abs(s - 1) > 1e-9:

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ...conf import merge_conf
+from ...device import torch_threads
 from ...map_file import atomic_torch_save, save_map
 from ...precision import autocast_context, resolve_precision
 from ...training_budget import PlanTimer, check_minutes, expected_recall, plan_message, schedule_progress
@@ -132,23 +134,15 @@ def train(conf: dict, dataset, out_path: str | os.PathLike, buffer: TrainingBuff
     and the checkpoint's conf matches. ``buffer``: a ready ``TrainingBuffer`` (e.g. from ``fill_buffer``, for
     comparing head options on identical data); its features must come from ``conf['encoder']``. Returns the map path.
     """
-    unknown = sorted(set(conf) - set(DEFAULT_CONF))
-    if unknown:
-        raise ValueError(f"unknown ACE training option(s) {unknown}; known: {sorted(DEFAULT_CONF)}")
-    conf = {**DEFAULT_CONF, **conf}
+    conf = merge_conf(DEFAULT_CONF, conf, "ACE training")
     conf["minutes"] = check_minutes(conf["minutes"], "ACE training option 'minutes'")
     if not isinstance(conf["iterations"], int) or isinstance(conf["iterations"], bool) or conf["iterations"] < 1:
         raise ValueError(f"ACE training option 'iterations' must be an integer >= 1, got {conf['iterations']!r}")
     t_start = time.perf_counter()
     out_path = Path(out_path)
     device = str(conf["device"])
-    threads_before = torch.get_num_threads()
-    if conf["num_threads"]:
-        torch.set_num_threads(int(conf["num_threads"]))
-    try:
+    with torch_threads(conf["num_threads"]):
         return _train(conf, dataset, out_path, t_start, device, buffer)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _buffer_signature(conf: dict) -> dict:

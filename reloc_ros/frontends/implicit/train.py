@@ -34,7 +34,10 @@ import torch
 from tqdm import tqdm
 
 from ... import map_file
+from ...conf import merge_conf
+from ...device import torch_threads
 from ...geometry.camera import Camera
+from ...images import check_rgb_image
 from ...precision import autocast_context, resolve_precision
 from ...training_budget import PlanTimer, check_minutes, plan_message, schedule_progress
 from .augment import colour_jitter, rotate_in_plane
@@ -149,11 +152,7 @@ def preload(dataset, width: int, height: int, progress: bool = True):
             skipped += 1
             continue
         img, cam = fr.image, fr.camera
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"frame {fr.name}: expected a uint8 RGB image (H, W, 3), got {img.dtype} {img.shape}")
-        if (img.shape[1], img.shape[0]) != cam.size:
-            raise ValueError(f"frame {fr.name}: image is {img.shape[1]}x{img.shape[0]} but its camera is "
-                             f"{cam.width}x{cam.height}")
+        check_rgb_image(img, cam, f"frame {fr.name}")
         if cam.is_distorted:
             img = cam.undistort_image(img)
             cam = Camera(cam.width, cam.height, cam.K)
@@ -228,23 +227,13 @@ def train(conf: dict, dataset, out_path) -> Path:
     ``conf`` overrides ``DEFAULT_CONF`` (unknown keys raise ValueError). Stops after ``epochs`` or ``minutes``,
     whichever comes first (at least one must be set). ``threads`` applies during the call only.
     """
-    threads_before = torch.get_num_threads()
-    try:
+    conf = merge_conf(DEFAULT_CONF, conf, "implicit mapping")
+    with torch_threads(conf["threads"]):
         return _train(conf, dataset, out_path)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _train(conf: dict, dataset, out_path) -> Path:
-    """Train an implicit map on ``dataset`` (posed frames) and write it to ``out_path``; returns the path.
-
-    ``conf`` overrides ``DEFAULT_CONF`` (unknown keys raise ValueError). Stops after ``epochs`` or ``minutes``,
-    whichever comes first (at least one must be set).
-    """
-    unknown = set(conf) - set(DEFAULT_CONF)
-    if unknown:
-        raise ValueError(f"unknown implicit mapping options {sorted(unknown)}; valid: {sorted(DEFAULT_CONF)}")
-    conf = {**DEFAULT_CONF, **conf}
+    """``train`` with ``conf`` already merged over ``DEFAULT_CONF``."""
     conf["minutes"] = check_minutes(conf["minutes"], "implicit mapping option 'minutes'")
     if conf["minutes"] is None and conf["epochs"] is None:
         raise ValueError("set 'minutes' or 'epochs' (or both) to bound the training")
@@ -253,8 +242,6 @@ def _train(conf: dict, dataset, out_path) -> Path:
     out_path = Path(out_path)
     ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
     device = torch.device(conf["device"])
-    if conf["threads"]:
-        torch.set_num_threads(int(conf["threads"]))
 
     init_tensors = None
     if conf["init_map"]:
