@@ -11,7 +11,6 @@ rows (``make demo`` writes both).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

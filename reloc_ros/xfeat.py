@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .images import rgb_batch
 
-__all__ = ["LEVELS", "GRAY_MODES", "XFeatPyramid", "rgb_to_gray", "pixel_to_level", "level_to_pixel"]
+__all__ = ["LEVELS", "GRAY_MODES", "XFeatPyramid", "check_levels", "rgb_to_gray", "pixel_to_level",
+           "level_to_pixel"]
 
 # name -> (stride, channels)
 LEVELS = {"b1": (2, 8), "x2": (4, 24), "x3": (8, 64), "fused": (8, 64), "x4": (16, 64), "heat": (8, 1)}
@@ -39,6 +40,14 @@ def level_to_pixel(xy, stride: int):
     """Continuous coordinates (..., 2) on a level of ``stride`` (integers at cell centres) -> full-image pixel
     coordinates; the inverse of ``pixel_to_level`` (torch tensors or numpy arrays)."""
     return (xy + 0.5) * stride - 0.5
+
+
+def check_levels(levels) -> tuple:
+    """``levels`` without repeats, in order; ValueError for a name not in ``LEVELS``."""
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise ValueError(f"unknown feature levels {unknown}; choose from {sorted(LEVELS)}")
+    return tuple(dict.fromkeys(levels))
 
 
 def rgb_to_gray(images: np.ndarray | list, mode: str = "bt601", device="cpu") -> torch.Tensor:
@@ -85,10 +94,7 @@ class XFeatPyramid(nn.Module):
 
     def set_levels(self, levels) -> None:
         """Change the levels that ``forward`` returns."""
-        unknown = [lv for lv in levels if lv not in LEVELS]
-        if unknown:
-            raise ValueError(f"unknown feature levels {unknown}; choose from {sorted(LEVELS)}")
-        self.levels = tuple(dict.fromkeys(levels))
+        self.levels = check_levels(levels)
 
     def forward(self, gray: torch.Tensor) -> dict[str, torch.Tensor]:
         if gray.ndim != 4 or gray.shape[1] != 1:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .map_file import atomic_write_bytes
-from .xfeat import LEVELS, XFeatPyramid
+from .xfeat import LEVELS, XFeatPyramid, check_levels
 
 __all__ = ["OnnxXFeatPyramid", "onnx_cache_dir", "onnxruntime_available"]
 
@@ -67,10 +67,7 @@ class OnnxXFeatPyramid:
             t.detach().cpu().numpy().tobytes() for t in pyramid.net.state_dict().values())).hexdigest()[:16]
 
     def set_levels(self, levels) -> None:
-        unknown = [lv for lv in levels if lv not in LEVELS]
-        if unknown:
-            raise ValueError(f"unknown feature levels {unknown}; choose from {sorted(LEVELS)}")
-        self.levels = tuple(dict.fromkeys(levels))
+        self.levels = check_levels(levels)
 
     def __call__(self, gray: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward(gray)
