@@ -1,6 +1,7 @@
 """Command-line entry points (read by setup.py and by scripts/setup_env.sh, which writes venv wrappers)."""
 CONSOLE_SCRIPTS = {
     "reloc-map": "reloc_ros.mapping.cli:main",
+    "reloc-calibrate": "reloc_ros.mapping.calibrate:main",
     "reloc-eval": "reloc_ros.evaluation.offline:main",
     "reloc-eval-bag": "reloc_ros.evaluation.bag_replay:main",
     "reloc-bag-from-dataset": "reloc_ros.datasets.bag_writer:main",

@@ -22,6 +22,7 @@ from .frontends.registry import front_end_names, front_end_spec
 from .geometry.camera import Camera
 from .images import InputImageError, check_rgb_image
 from .map_file import MapFileError, load_map, reference_path
+from .uncertainty import Calibration, gaussian_within, support_features
 
 __all__ = ["Localizer", "InputImageError"]
 
@@ -32,18 +33,31 @@ class Localizer:
     """A loaded map (front end) and, optionally, the featuremetric refiner of its reference model."""
 
     def __init__(self, front_end, refiner=None, map_path: str | Path | None = None, metadata: dict | None = None,
-                 position_sigma_floor_m: float = 0.03, rotation_sigma_floor_deg: float = 0.75):
-        """``*_sigma_floor_*``: the accuracy of the map itself (its mapping poses), added in quadrature to every
-        published covariance: no estimate is better than the poses the map was built from (7-Scenes' pseudo ground
-        truth is good to a few cm). See benchmarks/calibrate_covariance.py."""
-        self.covariance_floor = np.diag([position_sigma_floor_m ** 2] * 3 + [np.deg2rad(rotation_sigma_floor_deg) ** 2] * 3)
+                 position_sigma_floor_m: float = 0.0, rotation_sigma_floor_deg: float = 0.0):
+        """The covariance and confidence follow the map's calibration (metadata "uncertainty", fitted by reloc-map
+        on held-out mapping frames, ``uncertainty.py``). ``*_sigma_floor_*``: an extra standard deviation (m, deg)
+        added in quadrature on top, for a user who knows the map's poses are worse than its calibration saw."""
+        self.extra_floor = np.diag([position_sigma_floor_m ** 2] * 3 + [np.deg2rad(rotation_sigma_floor_deg) ** 2] * 3)
         self.front_end = front_end
         self.refiner = refiner
         self.map_path = Path(map_path) if map_path is not None else None
         self.metadata = metadata or {}
+        self.calibration = {k: Calibration.from_dict(v)
+                            for k, v in (self.metadata.get("uncertainty") or {}).get("stages", {}).items()}
         # One XFeat pass for both: the ACE front end (XFeat encoder) also computes the refiner's levels.
         self.shares_features = bool(refiner is not None and hasattr(front_end, "share_levels")
                                     and front_end.share_levels(refiner.map_levels, refiner.ref.gray))
+
+    @property
+    def uncertainty_warning(self) -> str | None:
+        """A warning line when a stage in use has no calibration in the map (its covariance and confidence are then
+        the estimators' own: overconfident)."""
+        missing = [s for s in (("front_end", "refined") if self.refine else ("front_end",)) if s not in self.calibration]
+        if not missing:
+            return None
+        return (f"the map has no uncertainty calibration for {' and '.join(missing)} poses: covariances are the "
+                "estimators' own (too small) and confidence is uncalibrated; rebuild the map with reloc-map "
+                "(--calibration-holdout > 0) or run reloc-calibrate on posed frames")
 
     @property
     def front_end_name(self) -> str:
@@ -122,13 +136,22 @@ class Localizer:
             elif prior_T_world_cam is not None:
                 self._apply_refinement(result, image, camera, prior_T_world_cam, from_prior=True)
         result.dense_features = None
-        self._add_covariance_floor(result)
+        self._apply_calibration(result)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
 
-    def _add_covariance_floor(self, result: LocalizationResult) -> None:
-        if result.success and result.covariance is not None:
-            result.covariance = result.covariance + self.covariance_floor
+    def _apply_calibration(self, result: LocalizationResult) -> None:
+        """Calibrated covariance (+ the extra floor) and confidence of the published stage ("refined" when the
+        refinement was accepted, else "front_end"); without a calibration: the raw covariance and P_N of it."""
+        if not result.success or result.covariance is None:
+            result.confidence = 0.0
+            return
+        stage = "refined" if result.refinement is not None and result.refinement.accepted else "front_end"
+        raw = result.raw_covariance = result.covariance
+        cal = self.calibration.get(stage)
+        result.covariance = (raw if cal is None else cal.covariance(raw)) + self.extra_floor
+        result.confidence = (gaussian_within(result.covariance) if cal is None
+                             else cal.confidence(result.covariance, support_features(result, raw)))
 
     def refine_from_prior(self, image: np.ndarray, camera: Camera, T_world_cam_prior: np.ndarray
                           ) -> LocalizationResult:
@@ -139,7 +162,7 @@ class Localizer:
         check_rgb_image(image, camera)
         result = LocalizationResult(False, None, None, 0.0, "prior", reason="refinement_rejected")
         self._apply_refinement(result, image, camera, np.asarray(T_world_cam_prior, dtype=np.float64), from_prior=True)
-        self._add_covariance_floor(result)
+        self._apply_calibration(result)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
 
@@ -162,11 +185,6 @@ class Localizer:
             result.T_world_cam = r.T_world_cam
             if r.covariance is not None:
                 result.covariance = r.covariance
-            # The published pose is the refined one: its confidence is at least the refinement's own
-            # (exp(−σ_pos / confidence_scale_m) from its covariance); a front end's higher score is kept. (Before,
-            # a refined implicit pose kept the coarse pose's confidence, and the node's min_confidence dropped 30 %
-            # of the refined 7-Scenes poses.)
-            result.confidence = max(result.confidence if result.success else 0.0, float(r.confidence))
             if not result.success:  # a refined prior
                 result.success = True
                 result.reason = "ok"

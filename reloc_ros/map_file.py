@@ -21,8 +21,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .uncertainty import CALIBRATION_SCHEMA
+
 __all__ = ["MAP_FORMAT_VERSION", "MIN_FORMAT_VERSION", "BASE_SCHEMA", "MapFileError", "save_map", "load_map",
-           "read_metadata", "check_metadata", "reference_path", "atomic_write_bytes", "atomic_torch_save"]
+           "read_metadata", "check_metadata", "reference_path", "atomic_write_bytes", "atomic_torch_save",
+           "update_metadata"]
 
 MAP_FORMAT_VERSION = 1
 MIN_FORMAT_VERSION = 1
@@ -37,6 +40,7 @@ BASE_SCHEMA = {
         "kind": {"enum": ["map", "reference"]},
         "created": {"type": "string"},
         "front_end": {"type": "string"},
+        "uncertainty": CALIBRATION_SCHEMA,   # the map's covariance / confidence calibration (uncertainty.py)
     },
     "if": {"properties": {"kind": {"const": "map"}}},
     "then": {"required": ["front_end"]},
@@ -120,6 +124,14 @@ def save_map(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata
     header = {_KEY: json.dumps(_finite_json(meta), allow_nan=False)}
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     return atomic_write_bytes(path, lambda tmp: save_file(cpu, tmp, metadata=header))
+
+
+def update_metadata(path: str | os.PathLike, updates: dict) -> Path:
+    """Rewrite a map file (atomically) with ``updates`` merged into its metadata; the tensors are unchanged."""
+    tensors, meta = load_map(path, kind=None)
+    meta.update(updates)
+    check_metadata(meta, BASE_SCHEMA, path)
+    return save_map(path, tensors, meta, kind=meta["kind"])
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

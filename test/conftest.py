@@ -65,18 +65,24 @@ DEMO_MAP_ACE_CONF = {"image_height": 240, "buffer_size": 6 * 1200, "cells_per_vi
 
 @pytest.fixture(scope="session")
 def demo_map_ace(demo_scene_root):
-    """``(map_path, frame_names)``: built by the real mapping entry point (``build_map``, as ``reloc-map``), ~30-60 s
-    on 2 cores, cached under data/test_maps/ keyed by its configuration, frames and the ACE sources."""
+    """``(map_path, frame_names)``: built by the real mapping entry point (``build_map``, as ``reloc-map``) from 6
+    frames, then its uncertainty calibrated (``calibrate_map``, as ``reloc-calibrate``) on 18 other mapping frames next to them;
+    ~1-2 min on 2 cores, cached under data/test_maps/ keyed by its configuration, frames and sources."""
     import hashlib
     import json
     import shutil
 
+    from reloc_ros.datasets import open_dataset
     from reloc_ros.mapping.build import MapJob, build_map
+    from reloc_ros.mapping.calibrate import calibrate_map
 
-    names = (demo_scene_root / "mapping.txt").read_text().split()[:120:20]
+    mapping = (demo_scene_root / "mapping.txt").read_text().split()
+    names = mapping[:120:20]
+    calib_names = [mapping[i + k] for i in range(0, 120, 20) for k in (1, 2, 3)]   # the map's neighbourhood
     h = hashlib.sha256(json.dumps([DEMO_MAP_ACE_CONF, names, demo_scene_root.name,
                                    os.environ.get("RELOC_ROS_PRECISION", "auto")]).encode())
-    for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")) + [REPO / "reloc_ros" / "xfeat.py"]:
+    for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")) + [
+            REPO / "reloc_ros" / f for f in ("xfeat.py", "uncertainty.py", "mapping/calibrate.py", "estimators/pnp.py")]:
         h.update(src.read_bytes())
     out = REPO / "data" / "test_maps" / h.hexdigest()[:16] / "demo6.map.safetensors"
     if not out.is_file():
@@ -84,8 +90,23 @@ def demo_map_ace(demo_scene_root):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         build_map(MapJob(demo_scene_root, tmp / out.name, "ace", names, conf=DEMO_MAP_ACE_CONF, reference=False))
+        calibrate_map(tmp / out.name, open_dataset(demo_scene_root, frames=calib_names), refine=False,
+                      progress=False)
         try:
             tmp.rename(out.parent)
         except OSError:  # a concurrent run finished first
             shutil.rmtree(tmp, ignore_errors=True)
     return out, names
+
+
+@pytest.fixture
+def small_scene(demo_scene_root, tmp_path):
+    """A 3-frame copy of the demo scene to break in various ways."""
+    import shutil
+    root = tmp_path / "scene"
+    root.mkdir()
+    for i in range(3):
+        for suf in (".color.jpg", ".depth.png", ".pose.txt"):
+            shutil.copy(demo_scene_root / f"frame-{i:06d}{suf}", root)
+    shutil.copy(demo_scene_root / "rgb-intrinsics.txt", root)
+    return root

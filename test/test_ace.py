@@ -140,7 +140,8 @@ def test_overfit_demo_frames_through_map_file(demo_map):
         dt = np.linalg.norm(r.T_world_cam[:3, 3] - f.T_world_cam[:3, 3])
         dr = rotation_angle_deg(r.T_world_cam[:3, :3], f.T_world_cam[:3, :3])
         errs.append((dt, dr))
-        assert r.covariance.shape == (6, 6) and 0 < r.confidence <= 1 and r.inlier_ratio > 0.05 and r.inlier_count >= 50
+        assert r.covariance.shape == (6, 6) and r.inlier_ratio > 0.05 and r.inlier_count >= 50
+        assert np.isnan(r.confidence)  # the front end's raw output: the Localizer sets the calibrated confidence
         assert set(r.timings_ms) >= {"preprocess", "encoder", "head", "solver", "total"}
     errs = np.array(errs)
     assert np.all(errs[:, 0] < 0.02) and np.all(errs[:, 1] < 1.0), errs

@@ -6,7 +6,7 @@ import pytest
 
 from reloc_ros.datasets import DatasetError, detect_layout, open_dataset
 from reloc_ros.datasets.bag_writer import T_BASE_CAMERA, main, write_bag
-from reloc_ros.datasets.rosbag import TimedTransforms
+from reloc_ros.tf_buffer import ExtrapolationError, TfBuffer
 from reloc_ros.geometry.pose import invert_T, make_T, rotation_angle_deg, so3_exp
 
 FRAMES = [f"frame-{i:06d}" for i in (0, 4, 8, 12, 120, 130)]
@@ -79,16 +79,24 @@ def test_cli_and_errors(demo_scene_root, tmp_path, capsys):
 
 
 def test_pose_interpolation():
-    """Poses between samples are interpolated (lerp + slerp); beyond the gap / tolerance they are unknown."""
-    tt = TimedTransforms()
+    """The bag reader's pose association (the core TfBuffer with a gap and a tolerance): poses between samples are
+    interpolated (lerp + slerp); beyond the gap / tolerance they are unknown."""
+    tt = TfBuffer(1e9)
     T0 = make_T(np.eye(3), [0, 0, 0])
     T1 = make_T(so3_exp([0, 0, np.deg2rad(10)]), [1, 0, 0])
-    tt.add(1_000, T0)
-    tt.add(2_000, T1)
-    mid = tt.at(1_250, tolerance_ns=10, max_gap_ns=5_000)
+    tt.set_transform("map", "cam", 1_000, T0)
+    tt.set_transform("map", "cam", 2_000, T1)
+
+    def at(ns, tol, gap):
+        try:
+            return tt.lookup("map", "cam", ns, max_gap_ns=gap, tolerance_ns=tol)
+        except ExtrapolationError:
+            return None
+    mid = at(1_250, tol=10, gap=5_000)
     np.testing.assert_allclose(mid[:3, 3], [0.25, 0, 0])
     assert abs(rotation_angle_deg(np.eye(3), mid[:3, :3]) - 2.5) < 1e-9
-    assert tt.at(1_500, tolerance_ns=10, max_gap_ns=500) is None  # samples too far apart
-    np.testing.assert_allclose(tt.at(2_005, tolerance_ns=10, max_gap_ns=500), T1)  # nearest within tolerance
-    assert tt.at(2_100, tolerance_ns=10, max_gap_ns=5_000) is None
-    np.testing.assert_allclose(invert_T(tt.at(1_000, 0, 0)), np.eye(4))
+    assert at(1_500, tol=10, gap=500) is None  # samples too far apart
+    np.testing.assert_allclose(at(2_005, tol=10, gap=500), T1, atol=1e-12)  # nearest within tolerance
+    assert at(2_100, tol=10, gap=5_000) is None
+    np.testing.assert_allclose(invert_T(at(1_000, 0, 0)), np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(tt.lookup("map", "cam", 1_250)[:3, 3], [0.25, 0, 0])   # the live node's semantics

@@ -80,3 +80,15 @@ def test_output_folders_are_checked(demo_scene_root, tmp_path):
                    "--out", "already exists")
     assert_refused(run_tool("reloc_ros.demo_scene", "--out", f"{UNWRITABLE}/scene"), "--out", "cannot write in /proc")
     assert_refused(run_tool("reloc_ros.demo", "--out", f"{UNWRITABLE}/demo"), "--out", "cannot write in /proc")
+
+
+def test_reloc_map_checks_the_reference_input_before_training(small_scene, tmp_path):
+    """Raw 7-Scenes depth (its own camera, no extrinsic) used to fail after the whole training, at the reference
+    model; now reloc-map refuses it before training, naming the flag that accepts it."""
+    root = small_scene
+    (root / "depth-camera-intrinsics.txt").write_text("585 0 320\n0 585 240\n0 0 1\n")
+    out = tmp_path / "m.map.safetensors"
+    proc = run_tool("reloc_ros.mapping.cli", "--dataset", root, "--out", out, "--set", "iterations=50")
+    assert_refused(proc, "frame-000000", "not registered", "--reference-set unregistered_depth=identity")
+    assert "front end on" not in proc.stdout  # refused before the training started
+    assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.ckpt.pt"))

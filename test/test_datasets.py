@@ -53,18 +53,6 @@ def test_demo_scene_reader(demo_scene_root):
         sub[2]
 
 
-@pytest.fixture
-def small_scene(demo_scene_root, tmp_path):
-    """A 3-frame copy of the demo scene to break in various ways."""
-    root = tmp_path / "scene"
-    root.mkdir()
-    for i in range(3):
-        for suf in (".color.jpg", ".depth.png", ".pose.txt"):
-            shutil.copy(demo_scene_root / f"frame-{i:06d}{suf}", root)
-    shutil.copy(demo_scene_root / "rgb-intrinsics.txt", root)
-    return root
-
-
 def test_errors_name_file_and_problem(small_scene, tmp_path):
     root = small_scene
     open_dataset(root)[2]  # intact

@@ -48,8 +48,14 @@ def test_cpu_kernel_matches_torch_reference(loss, distorted, weighted):
     np.testing.assert_allclose(got.H, exp.H.numpy(), rtol=0, atol=1e-5 * scale_H)
     np.testing.assert_allclose(got.g, exp.g.numpy(), rtol=0, atol=1e-5 * scale_g)
     np.testing.assert_array_equal(got.H, got.H.T)
+    # the sandwich meat Σ sᵢsᵢᵀ (per-point gradients sᵢ sum to g): the same in both, symmetric, PSD
+    scale_M = np.abs(exp.meat.numpy()).max()
+    np.testing.assert_allclose(got.meat, exp.meat.numpy(), rtol=0, atol=1e-5 * scale_M)
+    np.testing.assert_array_equal(got.meat, got.meat.T)
+    assert np.linalg.eigvalsh(got.meat).min() > -1e-9 * scale_M
+    assert np.trace(got.meat) >= got.g @ got.g / got.num_valid * (1 - 1e-6)   # Cauchy-Schwarz
     no_jac = evaluate_level_cpu(T_eval, X_w, f_ref, fmap, 8.0, intr, dist, loss, 0.1, wts, with_jac=False)
-    assert no_jac.H is None and no_jac.g is None and no_jac.cost == got.cost
+    assert no_jac.H is None and no_jac.g is None and no_jac.meat is None and no_jac.cost == got.cost
 
 
 def test_cpu_kernel_rejects_unknown_loss():

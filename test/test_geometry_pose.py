@@ -7,7 +7,6 @@ import torch
 from reloc_ros.geometry import Camera
 from reloc_ros.geometry.pose import (NonRigidTransformError, T_from_pos_quat, covariance_right_to_world,
                                      covariance_to_body_point, invert_T, make_T, perturb_T, pos_quat_from_T,
-                                     position_confidence,
                                      project_to_so3, rotation_angle_deg, se3_exp_right, so3_exp, so3_exp_torch,
                                      transform_points, validate_rigid, view_distance)
 
@@ -174,8 +173,3 @@ def test_view_distance_against_hand_computed_values():
                                atol=1e-7)
 
 
-def test_position_confidence_from_covariance():
-    cov = np.diag([0.01, 0.02, 0.03, 1.0, 1.0, 1.0])   # rotation variances do not enter
-    assert position_confidence(cov, 0.25) == pytest.approx(np.exp(-np.sqrt(0.06) / 0.25), rel=1e-12)
-    assert position_confidence(np.zeros((6, 6)), 0.25) == 1.0
-    assert position_confidence(np.full((6, 6), np.nan), 0.25) == 0.0

@@ -1,4 +1,4 @@
-"""Localizer: front end through a real map file, the map-accuracy covariance floor, clear input errors."""
+"""Localizer: front end through a real map file, its calibrated uncertainty, the extra floor, clear input errors."""
 import numpy as np
 import pytest
 
@@ -9,7 +9,7 @@ from reloc_ros.map_file import MapFileError
 from reloc_ros.metrics import pose_error
 
 
-def test_localize_adds_the_map_accuracy_floor(demo_map_ace, demo_scene_root):
+def test_localize_applies_the_maps_calibration_and_the_extra_floor(demo_map_ace, demo_scene_root):
     path, names = demo_map_ace
     frame = open_dataset(demo_scene_root, frames=names[:1])[0]
     bare = Localizer.from_map(path, position_sigma_floor_m=0.0, rotation_sigma_floor_deg=0.0)
@@ -22,6 +22,21 @@ def test_localize_adds_the_map_accuracy_floor(demo_map_ace, demo_scene_root):
     np.testing.assert_allclose(b.covariance - a.covariance, expected, rtol=1e-6, atol=1e-12)
     assert np.all(np.linalg.eigvalsh(b.covariance) > 0)
     assert {"network", "solver", "total"} <= set(b.timings_ms)
+    # the fixture map is calibrated (reloc-calibrate on 18 other frames): its front_end stage is applied
+    assert bare.uncertainty_warning is None and "front_end" in bare.calibration
+    np.testing.assert_allclose(a.covariance, bare.calibration["front_end"].covariance(a.raw_covariance))
+    assert np.trace(a.covariance) > 10 * np.trace(a.raw_covariance) and 0.5 < a.confidence <= 1
+
+
+def test_an_uncalibrated_map_is_flagged(demo_map_ace, tmp_path):
+    """A map without the "uncertainty" entry (built before it, or with --calibration-holdout 0) loads, says so in
+    uncertainty_warning, and publishes the estimator's own covariance."""
+    from reloc_ros.map_file import load_map, save_map
+    tensors, meta = load_map(demo_map_ace[0])
+    meta.pop("uncertainty")
+    save_map(tmp_path / "m.map.safetensors", tensors, meta)
+    loc = Localizer.from_map(tmp_path / "m.map.safetensors")
+    assert "no uncertainty calibration for front_end" in loc.uncertainty_warning and not loc.calibration
 
 
 def test_bad_inputs_get_clear_errors(demo_map_ace, tmp_path):

@@ -132,9 +132,6 @@ def test_refinement_converges_from_perturbed_ground_truth(scene, refiner):
         assert res.cost_final < res.cost_initial and res.iterations > 0 and res.num_points >= 40
         cov = res.covariance
         assert cov.shape == (6, 6) and np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
-        sigma_pos = np.sqrt(np.trace(cov[:3, :3]))
-        assert np.isclose(res.confidence, np.exp(-sigma_pos / refiner.conf["confidence_scale_m"]))
-        assert 0.5 < res.confidence <= 1, (sigma_pos, res.confidence)  # a cm-level pose passes the default gate
         assert {"features", "optimize", "total"} <= set(res.timings_ms)
 
 
@@ -323,19 +320,31 @@ def test_hidden_views_are_never_selected_and_come_back_after_the_block(scene, re
             pass
 
 
-def test_a_refined_pose_carries_the_refinements_confidence(scene, refiner):
-    """A front-end pose with a low score that the refinement brings to the cm level is published with (at least)
-    the refinement's confidence, so the node's min_confidence gate does not drop it; a higher front-end score stays."""
+def test_a_refined_pose_is_published_with_the_refined_stage_uncertainty(scene, refiner):
+    """A front-end pose that the refinement brings to the cm level is published with the refinement's covariance
+    (the raw one kept in raw_covariance) and a confidence computed from it, whatever the front end's was."""
     from reloc_ros.frontends.base import LocalizationResult
     from reloc_ros.localizer import Localizer
+    from reloc_ros.uncertainty import Calibration, gaussian_within, support_features
 
     _, query, _ = scene
     fr = query[int(_closest_queries(query, refiner.ref.image_poses.numpy(), 1)[0])]
     T0 = perturb_T(fr.T_world_cam, 0.04, 1.5, np.random.default_rng(4))
     loc = Localizer(front_end=None, refiner=refiner)
-    for front_conf in (0.1, 0.999):
-        result = LocalizationResult(True, T0.copy(), np.eye(6) * 1e-2, front_conf, "implicit")
-        loc._apply_refinement(result, fr.image, fr.camera, T0)
-        assert result.refinement.accepted and pose_error(result.T_world_cam, fr.T_world_cam)[0] < 0.01
-        refined_conf = np.exp(-np.sqrt(np.trace(result.covariance[:3, :3])) / refiner.conf["confidence_scale_m"])
-        assert result.confidence == pytest.approx(max(front_conf, refined_conf)) and result.confidence > 0.5
+    front_cov = np.eye(6) * 1e-2
+    result = LocalizationResult(True, T0.copy(), front_cov.copy(), 0.1, "implicit")
+    loc._apply_refinement(result, fr.image, fr.camera, T0)
+    loc._apply_calibration(result)
+    assert result.refinement.accepted and pose_error(result.T_world_cam, fr.T_world_cam)[0] < 0.01
+    assert not np.allclose(result.raw_covariance, front_cov)
+    assert result.confidence == pytest.approx(gaussian_within(result.covariance)) and result.confidence > 0.5
+    assert "refined" in loc.uncertainty_warning
+    cal = Calibration(k_position=50.0, k_rotation=20.0, floor_m=0.01, floor_rad=0.002)
+    loc.calibration = {"refined": cal}
+    result = LocalizationResult(True, T0.copy(), front_cov.copy(), 0.1, "implicit")
+    loc._apply_refinement(result, fr.image, fr.camera, T0)
+    loc._apply_calibration(result)
+    np.testing.assert_allclose(result.covariance, cal.covariance(result.raw_covariance))
+    assert result.confidence == pytest.approx(cal.confidence(result.covariance,
+                                                             support_features(result, result.raw_covariance)))
+

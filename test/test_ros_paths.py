@@ -318,7 +318,9 @@ def test_initialpose_prior_is_refined_and_lost_recovery_publishes_initialpose(lo
     assert st.refinement_ran and st.refinement_accepted and st.inlier_count == 0
     # a prior is refined with the matching initialisation competing (refine_from_prior): either start may win
     assert st.refinement_reason == "ok" and st.refinement_init in ("prior", "matches"), st.refinement_init
-    assert st.confidence > 0.5, st.confidence  # a cm-level refined prior would pass the default min_confidence
+    # confidence = P(within 10 cm / 5°) under the published covariance, which holds the 20 cm / 3° extra floor set
+    # by the floor test (this map's refined stage is uncalibrated): a real probability, low under that floor
+    assert 0.0 < st.confidence < 0.5, st.confidence
     T_map_cam, _, msg = loc.pose(s)
     dt, dr = pose_error(T_map_cam, gt)
     assert dt < 0.01 and dr < 0.5, (dt, dr)  # from 4 cm / 1.5 deg

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Dataset, DatasetError, Frame
+from .base import Dataset, DatasetError, Frame, Subset
 
-__all__ = ["Dataset", "DatasetError", "Frame", "open_dataset", "detect_layout"]
+__all__ = ["Dataset", "DatasetError", "Frame", "Subset", "open_dataset", "detect_layout"]
 
 
 def detect_layout(path) -> str:

@@ -61,3 +61,20 @@ class Dataset(Sequence):
     def poses(self) -> np.ndarray:
         """(N, 4, 4) ``T_world_cam`` of every frame, without decoding images (NaN where unknown)."""
         raise NotImplementedError
+
+
+class Subset(Dataset):
+    """The frames ``indices`` of ``dataset`` (a ``Dataset`` or any sequence of ``Frame``s), as a ``Dataset`` of
+    their own (names, camera, poses)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+        names = getattr(dataset, "names", None)
+        self.names = [names[i] if names is not None else str(i) for i in self.indices]
+        self.camera, self.root = getattr(dataset, "camera", None), getattr(dataset, "root", None)
+
+    def _load(self, i: int) -> Frame:
+        return self.dataset[self.indices[i]]
+
+    def poses(self) -> np.ndarray:
+        return self.dataset.poses()[self.indices]

@@ -16,18 +16,17 @@
 """
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
 
 from ..geometry.camera import Camera, InvalidCameraError
-from ..geometry.pose import T_from_pos_quat, invert_T, project_to_so3
+from ..geometry.pose import T_from_pos_quat, project_to_so3
+from ..tf_buffer import TfBuffer, TfError
 from .base import Dataset, DatasetError, Frame
 from .io import check_image_size, resolve_camera
 
-__all__ = ["RosbagDataset", "TimedTransforms", "TfTree"]
+__all__ = ["RosbagDataset"]
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
@@ -43,97 +42,14 @@ def _T_from_msg(t) -> np.ndarray:
     return T_from_pos_quat([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
 
 
-class TimedTransforms:
-    """Samples of one transform over time; ``at(t)`` interpolates (lerp + slerp) between bracketing samples."""
-
-    def __init__(self):
-        self.stamps: list[int] = []
-        self.T: list[np.ndarray] = []
-
-    def add(self, ns: int, T: np.ndarray) -> None:
-        k = bisect.bisect_right(self.stamps, ns)
-        self.stamps.insert(k, ns)
-        self.T.insert(k, T)
-
-    def at(self, ns: int, tolerance_ns: int, max_gap_ns: int) -> np.ndarray | None:
-        if not self.stamps:
-            return None
-        k = bisect.bisect_left(self.stamps, ns)
-        if k < len(self.stamps) and self.stamps[k] == ns:
-            return self.T[k].copy()
-        if 0 < k < len(self.stamps):
-            t0, t1 = self.stamps[k - 1], self.stamps[k]
-            if t1 - t0 <= max_gap_ns:
-                a = (ns - t0) / (t1 - t0)
-                T0, T1 = self.T[k - 1], self.T[k]
-                out = np.eye(4)
-                out[:3, 3] = (1 - a) * T0[:3, 3] + a * T1[:3, 3]
-                slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([T0[:3, :3], T1[:3, :3]])))
-                out[:3, :3] = slerp([a]).as_matrix()[0]
-                return out
-        cands = [j for j in (k - 1, k) if 0 <= j < len(self.stamps)]
-        j = min(cands, key=lambda j: abs(self.stamps[j] - ns))
-        if abs(self.stamps[j] - ns) <= tolerance_ns:
-            return self.T[j].copy()
-        return None
+_FOREVER_S = 1e9   # an offline buffer keeps every sample
 
 
-class TfTree:
-    """A minimal TF buffer: per child frame one parent, static or time-indexed; ``lookup(target, source, t)``
-    returns ``T_target_source`` by composing along the tree (via the common ancestor)."""
-
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-        self.static: dict[str, np.ndarray] = {}
-        self.dynamic: dict[str, TimedTransforms] = {}
-
-    def add(self, parent: str, child: str, ns: int, T: np.ndarray, static: bool) -> None:
-        parent, child = parent.lstrip("/"), child.lstrip("/")
-        old = self.parent.get(child)
-        if old is not None and old != parent:
-            raise DatasetError(f"TF: frame {child!r} has two parents ({old!r} and {parent!r})")
-        self.parent[child] = parent
-        if static:
-            self.static[child] = T
-        else:
-            self.dynamic.setdefault(child, TimedTransforms()).add(ns, T)
-
-    def _to_root(self, frame: str, ns: int, tol: int, gap: int):
-        """[(frame, T_frame_start)] up to the root; T None where a link is unavailable at ``ns``."""
-        chain = [(frame, np.eye(4))]
-        T = np.eye(4)
-        seen = {frame}
-        while frame in self.parent:
-            if frame in self.static:
-                link = self.static[frame]
-            else:
-                link = self.dynamic[frame].at(ns, tol, gap)
-                if link is None:
-                    return chain, False
-            T = link @ T
-            frame = self.parent[frame]
-            if frame in seen:
-                raise DatasetError(f"TF: cycle through frame {frame!r}")
-            seen.add(frame)
-            chain.append((frame, T.copy()))
-        return chain, True
-
-    def can_connect(self, target: str, source: str) -> bool:
-        def anc(f):
-            out = {f}
-            while f in self.parent:
-                f = self.parent[f]
-                out.add(f)
-            return out
-        return bool(anc(target.lstrip("/")) & anc(source.lstrip("/")))
-
-    def lookup(self, target: str, source: str, ns: int, tolerance_ns: int, max_gap_ns: int) -> np.ndarray | None:
-        cs, _ = self._to_root(source.lstrip("/"), ns, tolerance_ns, max_gap_ns)
-        ct, _ = self._to_root(target.lstrip("/"), ns, tolerance_ns, max_gap_ns)
-        ts = dict(ct)
-        for f, T_f_source in cs:
-            if f in ts:
-                return invert_T(ts[f]) @ T_f_source
+def _lookup(buf: TfBuffer, target: str, source: str, ns: int, tol: int, gap: int) -> np.ndarray | None:
+    """``T_target_source`` at ``ns`` (interpolated within ``gap``, else the nearest sample within ``tol``) or None."""
+    try:
+        return buf.lookup(target, source, ns, max_gap_ns=gap, tolerance_ns=tol)
+    except TfError:
         return None
 
 
@@ -184,9 +100,9 @@ class RosbagDataset(Dataset):
         self._stamps: list[int] = []
         self._frame_ids: list[str] = []
         info_cam = None
-        pose_series: dict[str, TimedTransforms] = {}
+        poses = TfBuffer(_FOREVER_S)   # one edge per PoseStamped topic: "<topic>" -> "<topic>/pose"
         pose_frames: dict[str, str] = {}
-        tf = TfTree()
+        tf = TfBuffer(_FOREVER_S)
         wanted = [self._img_conn] + ([info_conn] if info_conn else [])
         wanted += [c for c in conns if c.msgtype == "geometry_msgs/msg/PoseStamped"]
         wanted += [c for c in conns if c.topic in ("/tf", "/tf_static") and c.msgtype == "tf2_msgs/msg/TFMessage"]
@@ -215,13 +131,16 @@ class RosbagDataset(Dataset):
                     raise DatasetError(f"{self.root}: {c.topic} changes during the bag (only one camera supported)")
             elif c.msgtype == "geometry_msgs/msg/PoseStamped":
                 msg = r.deserialize(raw, c.msgtype)
-                pose_series.setdefault(c.topic, TimedTransforms()).add(_ns(msg.header.stamp), _T_from_msg(msg.pose))
+                poses.set_transform(c.topic, c.topic + "/pose", _ns(msg.header.stamp), _T_from_msg(msg.pose))
                 pose_frames[c.topic] = msg.header.frame_id
             else:
                 msg = r.deserialize(raw, c.msgtype)
                 for tr in (msg.transforms if hasattr(msg, "transforms") else [msg]):
-                    tf.add(tr.header.frame_id, tr.child_frame_id, _ns(tr.header.stamp), _T_from_msg(tr.transform),
-                           static=c.topic == "/tf_static")
+                    try:
+                        tf.set_transform(tr.header.frame_id, tr.child_frame_id, _ns(tr.header.stamp),
+                                         _T_from_msg(tr.transform), static=c.topic == "/tf_static")
+                    except ValueError as e:
+                        raise DatasetError(f"{self.root}: {c.topic}: {e}") from None
         if not self._stamps:
             raise DatasetError(f"{self.root}: image topic {image_topic} has no messages")
         self.names = [f"{image_topic.strip('/').replace('/', '_')}_{s}" for s in self._stamps]
@@ -246,24 +165,23 @@ class RosbagDataset(Dataset):
         if source == "auto":
             if pose_topic is not None:
                 source = "topic"
-            elif tf.can_connect(map_frame, self.camera_frame):
+            elif tf.connected(map_frame, self.camera_frame):
                 source = "tf"
-            elif len(pose_series) == 1:
-                source, pose_topic = "topic", next(iter(pose_series))
+            elif len(pose_frames) == 1:
+                source, pose_topic = "topic", next(iter(pose_frames))
             else:
                 source = "none"
         if source == "topic":
-            if pose_topic is None and len(pose_series) == 1:
-                pose_topic = next(iter(pose_series))
-            if pose_topic not in pose_series:
+            if pose_topic is None and len(pose_frames) == 1:
+                pose_topic = next(iter(pose_frames))
+            if pose_topic not in pose_frames:
                 raise DatasetError(f"{self.root}: no PoseStamped messages on {pose_topic!r} "
-                                   f"(PoseStamped topics: {sorted(pose_series)})")
-            ser = pose_series[pose_topic]
-            self._T = [ser.at(s, tol, gap) for s in self._stamps]
+                                   f"(PoseStamped topics: {sorted(pose_frames)})")
+            self._T = [_lookup(poses, pose_topic, pose_topic + "/pose", s, tol, gap) for s in self._stamps]
         elif source == "tf":
-            if not tf.can_connect(map_frame, self.camera_frame):
+            if not tf.connected(map_frame, self.camera_frame):
                 raise DatasetError(f"{self.root}: TF has no chain {map_frame!r} -> {self.camera_frame!r}")
-            self._T = [tf.lookup(map_frame, self.camera_frame, s, tol, gap) for s in self._stamps]
+            self._T = [_lookup(tf, map_frame, self.camera_frame, s, tol, gap) for s in self._stamps]
         elif source == "none":
             self._T = [None] * len(self._stamps)
         else:

@@ -7,7 +7,7 @@ moderate lens distortion).
 
 Covariance (see ``pose_covariance``): with the inlier residuals ``r`` (2 per point, pixels) and their Jacobian ``J``
 (2N × 6) with respect to a right (camera-frame) perturbation ``T_world_cam·Exp(ρ, φ)`` (``geometry.pose.se3_exp_right``),
-``Σ_right = σ² (JᵀJ)⁻¹`` with ``σ² = Σ r² / (2N − 6)`` the residual variance; it is converted to the world convention of
+the sandwich ``Σ_right = H⁻¹ (Σᵢ Jᵢᵀrᵢ rᵢᵀJᵢ) H⁻¹``, ``H = JᵀJ`` (``uncertainty.sandwich_covariance``, per point i); it is converted to the world convention of
 docs/architecture.md (position in the world frame, left rotation about world axes) by
 ``geometry.pose.covariance_right_to_world``. It assumes independent, isotropic pixel noise at the inliers, so it
 describes the precision of the estimate given the correspondences, not the risk that the inliers are wrong.
@@ -22,6 +22,7 @@ import numpy as np
 from ..conf import merge_conf
 from ..geometry.camera import Camera
 from ..geometry.pose import covariance_right_to_world, invert_T, make_T, project_to_so3
+from ..uncertainty import sandwich_covariance
 from .dsac import DSAC_DEFAULTS, dsac_pnp
 
 __all__ = ["PnPResult", "pnp_ransac", "pose_covariance", "reprojection_residuals", "BACKENDS"]
@@ -78,8 +79,8 @@ def pose_covariance(T_world_cam: np.ndarray, K: np.ndarray, uv: np.ndarray, X: n
     """6×6 world-convention covariance of ``T_world_cam`` from inlier correspondences (undistorted pixels).
 
     Right perturbation ``R' = R·Exp(φ)``, ``c' = c + R·ρ`` gives ``X_cam' ≈ X_cam − ρ + [X_cam]ₓ φ``; chained with the
-    pinhole projection Jacobian this is ``J`` (2N × 6, columns ρ then φ). ``Σ = σ²(JᵀJ)⁻¹`` with the residual variance
-    ``σ²``, then ``covariance_right_to_world``. Returns None with fewer than 4 points or a singular ``JᵀJ``.
+    pinhole projection Jacobian this is ``J`` (2N × 6, columns ρ then φ). ``Σ = H⁻¹(Σᵢ Jᵢᵀrᵢ rᵢᵀJᵢ)H⁻¹`` (sandwich,
+    ``uncertainty.sandwich_covariance``), then ``covariance_right_to_world``. Returns None with fewer than 4 points or a singular ``JᵀJ``.
     """
     n = len(uv)
     if n < 4:
@@ -96,13 +97,11 @@ def pose_covariance(T_world_cam: np.ndarray, K: np.ndarray, uv: np.ndarray, X: n
     S[:, 0, 1], S[:, 0, 2] = -z, y
     S[:, 1, 0], S[:, 1, 2] = z, -x
     S[:, 2, 0], S[:, 2, 1] = -y, x
-    J = np.concatenate([-Jp, Jp @ S], axis=2).reshape(2 * n, 6)
-    dof = max(2 * n - 6, 1)
-    sigma2 = float((r ** 2).sum() / dof)
-    JtJ = J.T @ J
-    if np.linalg.cond(JtJ) > 1e14:
+    J = np.concatenate([-Jp, Jp @ S], axis=2)                      # (N, 2, 6)
+    scores = np.einsum("nki,nk->ni", J, r)                          # Jᵢᵀ rᵢ per point
+    cov_right = sandwich_covariance(np.einsum("nki,nkj->ij", J, J), scores.T @ scores, n)
+    if cov_right is None:
         return None
-    cov_right = sigma2 * np.linalg.inv(JtJ)
     cov = covariance_right_to_world(T_world_cam, cov_right)
     return 0.5 * (cov + cov.T)
 

@@ -11,7 +11,7 @@ from scipy.stats import chi2
 
 from ..geometry.pose import so3_log
 
-__all__ = ["pose_error_vector", "nees", "nees_inside_fraction"]
+__all__ = ["pose_error_vector", "nees", "nees_inside_fraction", "consistency_summary"]
 
 
 def pose_error_vector(T_est: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
@@ -23,15 +23,18 @@ def pose_error_vector(T_est: np.ndarray, T_gt: np.ndarray) -> np.ndarray:
     return np.concatenate([dc, dtheta])
 
 
-def nees(error: np.ndarray, covariance: np.ndarray, position_only: bool = False) -> float:
-    """``eᵀ Σ⁻¹ e`` for a (6,) error and (6, 6) covariance; ``position_only`` uses the (3, 3) position block.
+BLOCKS = {"all": slice(0, 6), "position": slice(0, 3), "rotation": slice(3, 6)}
+
+
+def nees(error: np.ndarray, covariance: np.ndarray, position_only: bool = False, block: str = "all") -> float:
+    """``eᵀ Σ⁻¹ e`` for a (6,) error and (6, 6) covariance over ``block`` ("all", "position": the (3, 3) position
+    block, "rotation"; ``position_only`` = "position").
 
     Returns inf for a singular or non-finite covariance (it claims certainty it cannot have).
     """
-    e = np.asarray(error, dtype=np.float64).reshape(6)
-    S = np.asarray(covariance, dtype=np.float64).reshape(6, 6)
-    if position_only:
-        e, S = e[:3], S[:3, :3]
+    sl = BLOCKS["position" if position_only else block]
+    e = np.asarray(error, dtype=np.float64).reshape(6)[sl]
+    S = np.asarray(covariance, dtype=np.float64).reshape(6, 6)[sl, sl]
     if not np.all(np.isfinite(S)):
         return float("inf")
     S = 0.5 * (S + S.T)
@@ -43,8 +46,9 @@ def nees(error: np.ndarray, covariance: np.ndarray, position_only: bool = False)
     return float(z @ z)
 
 
-def nees_inside_fraction(errors, covariances, position_only: bool = False, p: float = 0.95) -> float:
-    """Share of errors inside the ``p`` ellipsoid of their covariance (χ² with 6 dof, or 3 on position only).
+def nees_inside_fraction(errors, covariances, position_only: bool = False, p: float = 0.95, block: str = "all"
+                         ) -> float:
+    """Share of errors inside the ``p`` ellipsoid of their covariance (χ² with 6 dof, or 3 on one block).
 
     ``errors``: (N, 6); ``covariances``: (N, 6, 6). NaN when N = 0.
     """
@@ -54,6 +58,33 @@ def nees_inside_fraction(errors, covariances, position_only: bool = False, p: fl
         raise ValueError(f"{E.shape[0]} errors but {C.shape[0]} covariances")
     if E.shape[0] == 0:
         return float("nan")
-    bound = chi2.ppf(p, 3 if position_only else 6)
-    values = np.array([nees(e, c, position_only) for e, c in zip(E, C)])
+    block = "position" if position_only else block
+    bound = chi2.ppf(p, 6 if block == "all" else 3)
+    values = np.array([nees(e, c, block=block) for e, c in zip(E, C)])
     return float(np.mean(values <= bound))
+
+
+def consistency_summary(errors, covariances, block_size: int = 100) -> dict:
+    """The covariance-consistency figures of (N, 6) errors and (N, 6, 6) covariances in query order:
+    ``nees_inside_95`` (6 dof), ``nees_position_inside_95``, ``nees_rotation_inside_95``, ``nees_mean`` (mean of
+    eᵀΣ⁻¹e, 6 dof: 6 when calibrated), ``nees_position_mean`` / ``nees_rotation_mean`` (3 when calibrated),
+    ``nees_inside_95_block_min`` (the worst ``block_size``-query block) and ``nees_values`` (6 dof, per query)."""
+    E = np.asarray(errors, dtype=np.float64).reshape(-1, 6)
+    C = np.asarray(covariances, dtype=np.float64).reshape(-1, 6, 6)
+    if len(E) == 0:
+        return {k: float("nan") for k in ("nees_inside_95", "nees_position_inside_95", "nees_rotation_inside_95",
+                                          "nees_mean", "nees_position_mean", "nees_rotation_mean",
+                                          "nees_inside_95_block_min")} | {"nees_values": []}
+    out = {}
+    for block, dof in (("all", 6), ("position", 3), ("rotation", 3)):
+        v = np.array([nees(e, c, block=block) for e, c in zip(E, C)])
+        key = "" if block == "all" else f"_{block}"
+        out[f"nees{key}_inside_95"] = float(np.mean(v <= chi2.ppf(0.95, dof)))
+        out[f"nees{key}_mean"] = float(np.mean(v)) if np.all(np.isfinite(v)) else float("inf")
+        if block == "all":
+            out["nees_values"] = [float(x) for x in v]
+            inside = v <= chi2.ppf(0.95, 6)
+            blocks = [inside[i:i + block_size] for i in range(0, len(v), block_size)]
+            out["nees_inside_95_block_min"] = float(min(b.mean() for b in blocks if len(b) >= block_size // 2)
+                                                    if any(len(b) >= block_size // 2 for b in blocks) else inside.mean())
+    return out

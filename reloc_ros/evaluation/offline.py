@@ -9,7 +9,10 @@ recall_5cm_5deg, recall_10cm_5deg, latency_ms_median, latency_ms_p95 (Localizer.
 decoded), latency_stage_ms_median (per stage), map_bytes (map + reference model), front_end, refine, device,
 precision (stage -> fp32/bf16/fp16, as resolved on this machine; precision_choices: why), map_training (iterations
 done / planned / scheduled, training precision; map_training_warning when under half the schedule),
-nees_inside_95 / nees_position_inside_95 (covariance consistency of the successful queries), gate (the thresholds
+nees_inside_95 / nees_position_inside_95 / nees_rotation_inside_95, nees_mean / nees_position_mean /
+nees_rotation_mean, nees_inside_95_block_min (worst 100-query block), nees_values (covariance consistency of the
+successful queries), ece_confidence (expected calibration error of ``confidence`` as P(within 10 cm / 5°)),
+uncertainty_warning (the map has no calibration for a stage in use), gate (the thresholds
 applied, the node's defaults unless --gate), accepted_rate (share of queries the node's gate accepts),
 false_accept_rate (share of accepted poses off by more than 25 cm / 10°), accepted (the accuracy figures over the
 accepted queries only), machine, per_query (with accepted and gate_reason).
@@ -29,7 +32,8 @@ from ..cli_args import HelpFormatter, check_eval_paths, number
 from ..conf import merge_conf
 from ..gating import DEFAULT_THRESHOLDS, GateThresholds, gate_result, is_false_accept
 from ..metrics import pose_error, summarize_errors
-from .consistency import nees_inside_fraction, pose_error_vector
+from ..uncertainty import WITHIN_DEG, WITHIN_M, expected_calibration_error
+from .consistency import consistency_summary, nees, pose_error_vector
 from .report import (latency_stats, machine_info, map_bytes, print_summary, refinement_summary, write_json,
                      write_tum)
 
@@ -101,8 +105,9 @@ def _announce(localizer, progress: bool) -> None:
     if progress:
         for choice in localizer.precision_choices.values():
             print(f"[reloc-eval] precision {choice.describe()}", file=sys.stderr, flush=True)
-    if localizer.training_warning:
-        print(f"[reloc-eval] WARNING: {localizer.training_warning}", file=sys.stderr, flush=True)
+    for warning in (localizer.training_warning, localizer.uncertainty_warning):
+        if warning:
+            print(f"[reloc-eval] WARNING: {warning}", file=sys.stderr, flush=True)
 
 
 def _run_query(localizer, frame, k: int, gate: GateThresholds, out_of_map: bool) -> dict:
@@ -121,7 +126,9 @@ def _run_query(localizer, frame, k: int, gate: GateThresholds, out_of_map: bool)
              "refinement_ran": ref is not None and bool(ref.ran),
              "refinement_accepted": bool(ref.accepted) if ref else None,
              "refinement_reason": ref.reason if ref else "", "refinement_init": ref.init if ref else "",
-             "T_world_cam": None if T is None else np.asarray(T).tolist()}
+             "T_world_cam": None if T is None else np.asarray(T).tolist(),
+             "nees": None if T is None or res.covariance is None or out_of_map
+             else nees(pose_error_vector(T, frame.T_world_cam), res.covariance)}
     return {"query": query, "T": T, "T_gt": frame.T_world_cam, "covariance": res.covariance,
             "timings": res.timings_ms}
 
@@ -141,8 +148,11 @@ def _summary(runs: list[dict], gate: GateThresholds, out_of_map: bool) -> dict:
     with_cov = [r for r in runs if r["T"] is not None and r["covariance"] is not None and not out_of_map]
     err_vecs = [pose_error_vector(r["T"], r["T_gt"]) for r in with_cov]
     covs = [r["covariance"] for r in with_cov]
-    out["nees_inside_95"] = nees_inside_fraction(err_vecs, covs) if covs else float("nan")
-    out["nees_position_inside_95"] = nees_inside_fraction(err_vecs, covs, position_only=True) if covs else float("nan")
+    out.update(consistency_summary(err_vecs, covs))
+    ok = [q for q in queries if q["success"]]
+    out["ece_confidence"] = expected_calibration_error(
+        [q["confidence"] for q in ok], [q["t_err_m"] <= WITHIN_M and q["r_err_deg"] <= WITHIN_DEG for q in ok]) \
+        if ok and not out_of_map else float("nan")
     out["out_of_map"] = out_of_map
     return out
 
@@ -165,6 +175,7 @@ def _provenance(localizer, map_path, reference, device, load_s: float) -> dict:
     out["map_training"] = {k: training.get(k) for k in ("iterations", "iterations_planned", "iterations_scheduled",
                                                         "precision", "train_seconds")}
     out["map_training_warning"] = localizer.training_warning
+    out["uncertainty_warning"] = localizer.uncertainty_warning
     return out
 
 
@@ -183,6 +194,15 @@ def _write_extras(out: dict, runs: list[dict], plots_dir, tum_dir) -> None:
                                 np.array([r["query"]["r_err_deg"] for r in runs]),
                                 np.array([r["query"]["latency_ms"] for r in runs]),
                                 title=f"{out['front_end']}{' + refine' if out['refine'] else ''}")
+        if not out.get("out_of_map"):
+            from .plots import plot_nees_cdf, plot_reliability
+            ok = [r["query"] for r in runs if r["query"]["success"]]
+            title = f"{out['front_end']}{' + refine' if out['refine'] else ''}"
+            out["plots"]["reliability"] = str(plot_reliability(
+                Path(plots_dir) / "reliability.png", [q["confidence"] for q in ok],
+                [q["t_err_m"] <= WITHIN_M and q["r_err_deg"] <= WITHIN_DEG for q in ok], title=title))
+            out["plots"]["nees_cdf"] = str(plot_nees_cdf(Path(plots_dir) / "nees_cdf.png", out["nees_values"],
+                                                         title=title))
     if tum_dir is not None:
         tum_dir = Path(tum_dir)
         write_tum(tum_dir / "groundtruth.tum", stamps, gt_poses)

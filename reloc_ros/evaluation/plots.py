@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_trajectory", "plot_errors_over_time", "plot_error_cdf", "plot_latency_hist", "plot_all"]
+__all__ = ["plot_trajectory", "plot_errors_over_time", "plot_error_cdf", "plot_latency_hist", "plot_all",
+           "plot_reliability", "plot_nees_cdf"]
 
 
 def _save(fig, path) -> Path:
@@ -113,6 +114,48 @@ def plot_latency_hist(path, latency_ms, title: str = "") -> Path:
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("frames")
     ax.set_title(f"latency {title}".strip())
+    return _save(fig, path)
+
+
+def plot_reliability(path, confidence, correct, bins: int = 10, title: str = "") -> Path:
+    """Reliability diagram: per confidence bin, the share of poses within 10 cm / 5° against the mean confidence
+    (the diagonal = calibrated), with the bins' counts and the ECE."""
+    from ..uncertainty import expected_calibration_error
+    p = np.asarray(confidence, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(5, 5.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    used = [b for b in range(bins) if np.any(idx == b)]
+    ax.plot([p[idx == b].mean() for b in used], [y[idx == b].mean() for b in used], "o-", color="tab:blue",
+            label=f"measured (ECE {expected_calibration_error(p, y, bins):.3f})")
+    ax.set_ylabel("share within 10 cm / 5°")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="upper left")
+    ax.set_title(f"confidence reliability {title}".strip())
+    axn.bar([(b + 0.5) / bins for b in range(bins)], [np.sum(idx == b) for b in range(bins)], width=0.9 / bins,
+            color="tab:gray")
+    axn.set_yscale("log")
+    axn.set_xlabel("confidence")
+    axn.set_ylabel("poses")
+    return _save(fig, path)
+
+
+def plot_nees_cdf(path, nees_values, dof: int = 6, title: str = "") -> Path:
+    """CDF of the measured NEES against the χ² distribution it follows when the covariance is calibrated."""
+    from scipy.stats import chi2
+    v = np.sort(np.asarray(nees_values, dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if v.size:
+        x = np.logspace(-1, 3, 400)
+        ax.plot(x, chi2.cdf(x, dof), "k--", lw=1, label=f"χ²{dof} (calibrated)")
+        ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", color="tab:red", label="measured")
+        ax.axvline(chi2.ppf(0.95, dof), color="gray", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("NEES eᵀΣ⁻¹e")
+    ax.set_ylabel("share of poses")
+    ax.set_title(f"covariance consistency {title}".strip())
     return _save(fig, path)
 
 

@@ -30,7 +30,9 @@ class LocalizationResult:
 
     T_world_cam: (4, 4) float64 camera-to-world or None when ``success`` is False. covariance: (6, 6) over
     (x, y, z, rx, ry, rz) — camera position in the world frame (m) and a left rotation about world axes (rad).
-    timings_ms: per stage ("preprocess", "network", "solver", "refinement", "total").
+    timings_ms: per stage ("preprocess", "network", "solver", "refinement", "total"). The ``Localizer`` replaces the
+    front end's estimator covariance with the map's calibrated one (kept in ``raw_covariance``) and sets
+    ``confidence``: the calibrated probability that the pose is within 10 cm / 5° (``uncertainty.py``).
     dense_features: raw XFeat levels of the image that the front end computed for the refinement to reuse
     (``Localizer`` sets it up and clears it after use; None otherwise).
     """
@@ -47,6 +49,7 @@ class LocalizationResult:
     timings_ms: dict = field(default_factory=dict)
     refinement: RefinementInfo | None = None
     dense_features: dict | None = field(default=None, repr=False)
+    raw_covariance: np.ndarray | None = field(default=None, repr=False)  # the estimator's, before calibration
 
 
 class FrontEnd(Protocol):

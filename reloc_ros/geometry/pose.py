@@ -18,7 +18,7 @@ __all__ = [
     "make_T", "invert_T", "transform_points", "project_to_so3", "validate_rigid", "NonRigidTransformError",
     "quat_xyzw_from_R", "R_from_quat_xyzw", "T_from_pos_quat", "pos_quat_from_T", "so3_exp", "so3_log",
     "se3_exp_right", "perturb_T", "rotation_angle_deg", "view_distance", "covariance_right_to_world",
-    "covariance_to_body_point", "position_confidence", "so3_exp_torch", "skew_torch",
+    "covariance_to_body_point", "so3_exp_torch", "skew_torch",
 ]
 
 
@@ -158,14 +158,6 @@ def covariance_right_to_world(T_world_cam: np.ndarray, cov_right: np.ndarray) ->
     J[:3, :3] = R
     J[3:, 3:] = R
     return J @ cov_right @ J.T
-
-
-def position_confidence(covariance: np.ndarray, scale_m: float) -> float:
-    """Confidence in [0, 1] of a pose from its 6×6 world-convention covariance: ``exp(−σ_pos / scale_m)`` with
-    ``σ_pos = √trace`` of the position block (m); 0 when that is not finite. One definition for the implicit front end
-    and the refinement, so that one ``min_confidence`` gates both in metres."""
-    sigma_pos = float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0)))
-    return float(np.exp(-sigma_pos / scale_m)) if np.isfinite(sigma_pos) else 0.0
 
 
 def covariance_to_body_point(T_world_cam: np.ndarray, cov_world: np.ndarray, T_cam_body: np.ndarray) -> np.ndarray:

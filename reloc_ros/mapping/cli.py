@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                         "points=triangulate to triangulate the points with pycolmap instead of using depth, "
                         "triangulation='{max_features: 2048}' to tune it)")
     p.add_argument("--no-reference", action="store_true", help="skip the refinement reference model")
+    p.add_argument("--calibration-holdout", type=float, default=None, metavar="FRACTION",
+                   help="share of the frames held out of the map (blocks of consecutive frames) to calibrate its "
+                        "covariance and confidence (default 0.1, blocks of 25 frames; 0 = no calibration)")
     p.add_argument("--show-config", action="store_true", help="print the front end's training options and exit")
     return p
 
@@ -84,7 +87,9 @@ def _job(args, p: argparse.ArgumentParser) -> MapJob:
             p.error("--encoder applies to the ace front end")
         conf["encoder"] = args.encoder
     return MapJob(args.dataset, args.out, args.front_end, args.frames, args.intrinsics, args.minutes, args.device,
-                  conf, reference=not args.no_reference, reference_conf=parse_sets(args.reference_set))
+                  conf, reference=not args.no_reference, reference_conf=parse_sets(args.reference_set),
+                  calibration={} if args.calibration_holdout is None
+                  else {"holdout_fraction": args.calibration_holdout})
 
 
 def main(argv=None) -> int:

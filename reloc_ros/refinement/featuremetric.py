@@ -74,7 +74,8 @@ def _residual_parts(T, X_w, f_ref, fmap, stride, intr, dist, with_jac):
 class LevelCost:
     """Cost at one pose and level: ``cost`` (mean robust cost over valid points), ``num_valid``, ``H`` (6, 6) and
     ``g`` (6,) of the normal equations (float64; None when not requested), ``sq_norms`` (N,), ``valid`` (N,),
-    ``weighted_sq_sum`` (Σ wρ'‖r‖²). Arrays are torch tensors from ``evaluate_level``, numpy arrays from
+    ``weighted_sq_sum`` (Σ wρ'‖r‖²), ``meat`` (6, 6) ``Σᵢ sᵢ sᵢᵀ`` of the per-point gradients ``sᵢ = wᵢρ'ᵢ Jᵢᵀ rᵢ``
+    (the sandwich covariance's, ``uncertainty.sandwich_covariance``; None without the Jacobian). Arrays are torch tensors from ``evaluate_level``, numpy arrays from
     ``featuremetric_cpu.evaluate_level_cpu``."""
 
     cost: float
@@ -84,6 +85,7 @@ class LevelCost:
     sq_norms: torch.Tensor
     valid: torch.Tensor
     weighted_sq_sum: float
+    meat: torch.Tensor | None = None
 
 
 def evaluate_level(T: torch.Tensor, X_w: torch.Tensor, f_ref: torch.Tensor, fmap: torch.Tensor, stride: float,
@@ -112,4 +114,6 @@ def evaluate_level(T: torch.Tensor, X_w: torch.Tensor, f_ref: torch.Tensor, fmap
     P0w, P1w = P0 * wd[:, None], P1 * wd[:, None]
     H = P0w.T @ (a[:, None] * P0 + b[:, None] * P1) + P1w.T @ (b[:, None] * P0 + d[:, None] * P1)
     g = P0w.T @ ex + P1w.T @ ey
-    return LevelCost(cost, n, H.to(torch.float64), g.to(torch.float64), s, valid, wsq)
+    S = P0w * ex[:, None] + P1w * ey[:, None]                     # (N, 6) per-point gradients
+    return LevelCost(cost, n, H.to(torch.float64), g.to(torch.float64), s, valid, wsq,
+                     (S.T @ S).to(torch.float64))

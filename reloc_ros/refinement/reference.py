@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..datasets.base import Subset
 from ..geometry.camera import Camera
 from ..map_file import MapFileError, check_metadata, load_map, save_map
 from .features import LEVELS, XFeatPyramid, pixel_to_level, reduce_and_normalize, rgb_to_gray, sample_bilinear
@@ -98,7 +99,8 @@ def registered_depth(frame, unregistered: str = "error") -> np.ndarray:
         if unregistered != "identity":
             raise ReferenceBuildError(
                 f"{frame.name}: depth is not registered to the colour camera (T_cam_depth is None); pass "
-                "conf unregistered_depth='identity' to assume an identity depth-to-colour extrinsic (7-Scenes)")
+                "unregistered_depth='identity' (reloc-map --reference-set unregistered_depth=identity) to assume an "
+                "identity depth-to-colour extrinsic (raw 7-Scenes), or points=triangulate")
         T = np.eye(4)
     if _same_camera(dcam, cam) and np.allclose(T, np.eye(4)):
         return frame.depth.astype(np.float32)
@@ -158,19 +160,6 @@ def _fit_pca(samples: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
     return mean.float().contiguous(), proj.float().contiguous()
 
 
-class _Indexed:
-    """The frames ``indices`` of ``dataset`` as a sequence."""
-
-    def __init__(self, dataset, indices):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-
 def _observations(tri, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All observations of image ``j`` of a ``Triangulation``: uv (K, 2), X_world (K, 3), point ids (K,)."""
     obs = np.nonzero(tri.obs_image == j)[0]
@@ -211,6 +200,36 @@ def _points_source(dataset, indices, conf: dict) -> str:
     return mode
 
 
+def _full_conf(conf: dict | None) -> dict:
+    conf = {**DEFAULT_CONF, **(conf or {})}
+    conf["dims"] = {**DEFAULT_CONF["dims"], **(conf.get("dims") or {})}
+    conf["blur"] = {**DEFAULT_CONF["blur"], **(conf.get("blur") or {})}
+    for lv in conf["levels"]:
+        if lv not in LEVELS:
+            raise ValueError(f"unknown feature level {lv!r}; choose from {sorted(LEVELS)}")
+        if conf["dims"][lv] > LEVELS[lv][1]:
+            raise ValueError(f"dims[{lv!r}] = {conf['dims'][lv]} exceeds the level's {LEVELS[lv][1]} channels")
+    return conf
+
+
+def check_reference_input(dataset, conf: dict | None = None) -> tuple[list, str]:
+    """The reference frames' indices and the points source ("depth" | "triangulate"), after checking what can be
+    checked before any work: the conf, a non-empty dataset, the first frame's pose and (depth source) that its
+    depth is registered or ``unregistered_depth`` says how. Raises ``ReferenceBuildError`` / ``ValueError``.
+    ``reloc-map`` calls it before training, so a bad dataset fails in seconds, not after the training."""
+    conf = _full_conf(conf)
+    indices = list(range(0, len(dataset), int(conf["image_stride"])))
+    if not indices:
+        raise ReferenceBuildError("the dataset is empty")
+    source = _points_source(dataset, indices, conf)
+    first = dataset[indices[0]]
+    if first.T_world_cam is None or not np.all(np.isfinite(first.T_world_cam)):
+        raise ReferenceBuildError(f"{first.name}: mapping frame without a pose")
+    if source == "depth":
+        registered_depth(first, conf["unregistered_depth"])
+    return indices, source
+
+
 def build_reference(dataset, out_path, conf: dict | None = None, device: str = "cpu", triangulation=None) -> Path:
     """Build the reference model of ``dataset`` (a Sequence of posed ``Frame``s, RGB-D for the depth source) and
     save it to ``out_path``.
@@ -220,28 +239,18 @@ def build_reference(dataset, out_path, conf: dict | None = None, device: str = "
     triangulation fails. ``triangulation``: a ``triangulation.Triangulation`` of the reference frames (every
     ``image_stride``-th frame of ``dataset``) to use instead of triangulating them again.
     """
-    conf = {**DEFAULT_CONF, **(conf or {})}
-    conf["dims"] = {**DEFAULT_CONF["dims"], **(conf.get("dims") or {})}
-    conf["blur"] = {**DEFAULT_CONF["blur"], **(conf.get("blur") or {})}
+    conf = _full_conf(conf)
     levels = list(conf["levels"])
-    for lv in levels:
-        if lv not in LEVELS:
-            raise ValueError(f"unknown feature level {lv!r}; choose from {sorted(LEVELS)}")
-        if conf["dims"][lv] > LEVELS[lv][1]:
-            raise ValueError(f"dims[{lv!r}] = {conf['dims'][lv]} exceeds the level's {LEVELS[lv][1]} channels")
     t_start = time.perf_counter()
+    indices, source = check_reference_input(dataset, conf)
     net = XFeatPyramid(levels).to(device)
-    indices = list(range(0, len(dataset), int(conf["image_stride"])))
-    if not indices:
-        raise ReferenceBuildError("the dataset is empty")
     rng = np.random.default_rng(conf["seed"])
-    source = _points_source(dataset, indices, conf)
     tri = triangulation
     if source == "depth" and tri is not None:
         raise ValueError("a triangulation was given but the points source is depth (conf points)")
     if source == "triangulate" and tri is None:
         from .triangulation import triangulate_dataset
-        tri = triangulate_dataset(_Indexed(dataset, indices), conf.get("triangulation") or {})
+        tri = triangulate_dataset(Subset(dataset, indices), conf.get("triangulation") or {})
     if tri is not None and len(tri.image_indices) != len(indices):
         raise ValueError(f"the triangulation has {len(tri.image_indices)} images, the reference {len(indices)}")
 

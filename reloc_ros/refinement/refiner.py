@@ -21,7 +21,7 @@ from ..conf import merge_conf
 from ..device import torch_threads
 from ..estimators.pnp import pnp_ransac
 from ..geometry.camera import Camera
-from ..geometry.pose import (covariance_right_to_world, invert_T, position_confidence, rotation_angle_deg,
+from ..geometry.pose import (covariance_right_to_world, invert_T, rotation_angle_deg,
                              se3_exp_right, transform_points, view_distance)
 from ..geometry.projection_torch import camera_params_torch
 from ..precision import autocast_context, resolve_precision
@@ -29,21 +29,13 @@ from .featuremetric import LevelCost, evaluate_level
 from .featuremetric_cpu import evaluate_level_cpu, warm_up
 from .features import XFeatPyramid, rgb_to_gray
 from .matching import mutual_nearest_cells
+from ..uncertainty import sandwich_covariance
 from .reference import ReferenceModel, load_reference
 
 __all__ = ["FeaturemetricRefiner", "RefinementResult", "DEFAULT_REFINER_CONF", "MATCH_INIT_MODES",
            "refine_from_prior"]
 
 DEFAULT_REFINER_CONF = {
-    # σ²H⁻¹ treats the featuremetric residuals as independent; they are spatially correlated, so it is
-    # overconfident. Published covariance = covariance_scale × σ²H⁻¹, the default calibrated on the demo scene (exact
-    # ground truth: 95 % of errors inside the 95 % ellipsoid needed ~200-500); the Localizer adds the map's own
-    # accuracy on top (benchmarks/calibrate_covariance.py, benchmarks/RESULTS.md).
-    "covariance_scale": 300.0,
-    # Confidence of an accepted refinement: exp(−σ_pos / confidence_scale_m), σ_pos = √trace of the covariance's
-    # position block (m), the implicit front end's definition, so that one min_confidence gates both in metres (was
-    # 1 − cost / max_final_cost, whose level depends on the scene's texture: 7-Scenes ≈ 0.45, demo ≈ 0.2-0.6).
-    "confidence_scale_m": 0.25,
     "num_views": 4,              # reference images whose points are used
     "num_candidates": 12,        # nearest reference images (distance + angle) scored by visible points
     "angle_weight_m": 0.5,       # metres per radian of optical-axis angle in the nearest-view distance
@@ -104,7 +96,7 @@ MATCH_INIT_MODES = ("off", "pnp", "compete")
 class RefinementResult:
     """Outcome of one refinement. ``T_world_cam`` is the refined pose when ``accepted``, else the prior.
     ``covariance`` (6×6, world convention: position (m), left rotation about world axes (rad)) from the
-    Gauss-Newton Hessian at the finest level scaled by the residual variance (None when rejected)."""
+    sandwich of the robust cost at the finest level, uncalibrated (``uncertainty.py``; None when rejected)."""
 
     accepted: bool
     T_world_cam: np.ndarray
@@ -114,7 +106,6 @@ class RefinementResult:
     cost_final: float
     reason: str
     num_points: int
-    confidence: float = 0.0               # [0, 1]: exp(−σ_pos / confidence_scale_m) (0 when rejected)
     inlier_ratio: float = float("nan")    # share of visible points with ‖r‖² below the loss scale (finest level)
     timings_ms: dict = field(default_factory=dict)
     T_refined: np.ndarray | None = None   # the optimiser's pose even when rejected (diagnostics)
@@ -262,9 +253,10 @@ class FeaturemetricRefiner:
             def evaluate(T, jac=True):
                 lc = evaluate_level(torch.as_tensor(T, dtype=torch.float32, device=self.device), X, feats[lv],
                                     maps[lv], self.ref.strides[lv], intr, dist, c["loss"], c["loss_scale"], w, jac)
-                return LevelCost(lc.cost, lc.num_valid, None if lc.H is None else lc.H.cpu().numpy(),
-                                 None if lc.g is None else lc.g.cpu().numpy(), lc.sq_norms.cpu().numpy(),
-                                 lc.valid.cpu().numpy(), lc.weighted_sq_sum)
+                def np_(x):
+                    return None if x is None else x.cpu().numpy()
+                return LevelCost(lc.cost, lc.num_valid, np_(lc.H), np_(lc.g), np_(lc.sq_norms), np_(lc.valid),
+                                 lc.weighted_sq_sum, np_(lc.meat))
             return evaluate
         return [torch_level(lv) for lv in self.levels]
 
@@ -297,7 +289,7 @@ class FeaturemetricRefiner:
 
         def reject(reason, n=0):
             timings["total"] = (time.perf_counter() - t0) * 1e3
-            return RefinementResult(False, T_init.copy(), None, 0, float("nan"), float("nan"), reason, n, 0.0,
+            return RefinementResult(False, T_init.copy(), None, 0, float("nan"), float("nan"), reason, n,
                                     float("nan"), timings)
 
         idx = self.select_points(T_init, camera)
@@ -359,8 +351,7 @@ class FeaturemetricRefiner:
         c = self.conf
 
         def reject(reason, cost0=float("nan"), cost1=float("nan"), its=0, n=0, T_ref=None, inl=float("nan")):
-            return RefinementResult(False, T_start.copy(), None, its, cost0, cost1, reason, n, 0.0, inl, {}, T_ref,
-                                    init)
+            return RefinementResult(False, T_start.copy(), None, its, cost0, cost1, reason, n, inl, {}, T_ref, init)
 
         problems = self._level_problems(idx, maps, camera, point_weights)
         cost_init_fine = problems[-1](T_start, False).cost
@@ -405,18 +396,11 @@ class FeaturemetricRefiner:
             return reject("cost_increased", cost_init_fine, cost_final, iterations, n, T, inl)
         if cost_final > c["max_final_cost"] or inl < c["min_inlier_ratio"]:
             return reject("poor_alignment", cost_init_fine, cost_final, iterations, n, T, inl)
-        # Covariance of the right perturbation: σ² H⁻¹, σ² the weighted residual variance per scalar residual.
-        D = self.ref.features[self.levels[-1]].shape[1]
-        dof = max(n * D - 6, 1)
-        sigma2 = last.weighted_sq_sum / dof
-        try:
-            cov_right = c["covariance_scale"] * sigma2 * np.linalg.inv(last.H)
-            cov = covariance_right_to_world(T, 0.5 * (cov_right + cov_right.T))
-        except np.linalg.LinAlgError:
-            cov = None
-        confidence = 0.0 if cov is None else position_confidence(cov, c["confidence_scale_m"])
-        return RefinementResult(True, T, cov, iterations, cost_init_fine, cost_final, "ok", n, confidence, inl,
-                                {}, T, init)
+        # Sandwich covariance of the right perturbation (robust cost: H⁻¹ Σ sᵢsᵢᵀ H⁻¹, uncertainty.py); the map's
+        # calibration (Localizer) scales it.
+        cov_right = sandwich_covariance(last.H, last.meat, n)
+        cov = None if cov_right is None else covariance_right_to_world(T, cov_right)
+        return RefinementResult(True, T, cov, iterations, cost_init_fine, cost_final, "ok", n, inl, {}, T, init)
 
 
 def refine_from_prior(refiner: FeaturemetricRefiner, image: np.ndarray, camera: Camera,

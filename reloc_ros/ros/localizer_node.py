@@ -217,8 +217,9 @@ class LocalizerNode(LifecycleNode):
             self.get_logger().info(f"precision {choice.describe()}")
         for stage, backend in loc.backends.items():
             self.get_logger().info(f"{stage} runs on {backend}")
-        if loc.training_warning:
-            self.get_logger().warn(loc.training_warning)
+        for warning in (loc.training_warning, loc.uncertainty_warning):
+            if warning:
+                self.get_logger().warn(warning)
         return loc
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -579,6 +580,7 @@ class LocalizerNode(LifecycleNode):
                                         sort_keys=True),
                 "backends": json.dumps(self.localizer.backends if self.localizer is not None else {},
                                        sort_keys=True),
+                "uncertainty_calibrated": str(self.localizer is not None and not self.localizer.uncertainty_warning),
                 "reasons": json.dumps(dict(self.counters), sort_keys=True)}
         st.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
         arr = DiagnosticArray(status=[st])

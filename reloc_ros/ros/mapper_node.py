@@ -8,7 +8,7 @@ the camera moved ``min_translation`` m or turned ``min_rotation_deg`` since the 
 (``output_dir``): ``frame-NNNNNN.color.png``, ``frame-NNNNNN.pose.txt`` (4×4 camera-to-world), ``rgb-intrinsics.txt``
 (3×3 K; distorted images are undistorted first), ``mapping.txt`` (recorded names). ``~/frame_count``
 (std_msgs/UInt32) after every recorded frame. ``~/build_map`` (std_srvs/Trigger) trains the map in a background
-thread with ``reloc_ros.mapping.cli.build_map`` (the code of ``reloc-map``), reporting on ``~/progress``
+thread with ``reloc_ros.mapping.build.build_map`` (the code of ``reloc-map``), reporting on ``~/progress``
 (std_msgs/String); the map file is written atomically by the trainer. With ``build_reference`` the refinement
 reference model is built too; the recorder writes colour only, so its points are triangulated with pycolmap from
 the recorded poses (``refinement/triangulation.py``), or taken from depth placed beside the frames.
@@ -255,7 +255,8 @@ class MapperNode(Node):
         try:
             job = MapJob(self.rec.out, out, str(self.p("front_end")), frames=list(self.rec.names),
                          minutes=float(self.p("train_minutes")), device=str(self.p("device")), conf=overrides,
-                         reference=bool(self.p("build_reference")))
+                         reference=bool(self.p("build_reference")),
+                         calibration={"holdout_fraction": float(self.p("calibration_holdout"))})
             report = build_map(job)
             self._progress(f"done: {json.dumps(report)}")
         except Exception as err:  # noqa: BLE001 - reported on ~/progress, the node keeps recording

@@ -230,12 +230,13 @@ LOCALIZER_PARAMS = [
           "('{\"match_init\": \"compete\", \"match_max_points\": 512}': the LM also starts from a PnP pose on feature "
           "matches, +5 ms, 67 -> 76 % within 5 cm/5° on 7-Scenes); '{\"match_init\": \"off\"}' turns it off. "
           "/initialpose priors always use it.", check="json_object"),
-    Param("position_sigma_floor", 0.03, "Map-accuracy floor (m): this standard deviation is added in quadrature to "
-          "each position axis (x, y, z) of every published covariance (Localizer position_sigma_floor_m). Read with "
-          "map_path: applied on configure and ~/reload_map.", min=0.0),
-    Param("rotation_sigma_floor_deg", 0.75, "Map-accuracy floor (degrees): this standard deviation is added in "
-          "quadrature to each rotation axis (rx, ry, rz) of every published covariance (Localizer "
-          "rotation_sigma_floor_deg). Applied on configure and ~/reload_map.", min=0.0),
+    Param("position_sigma_floor", 0.0, "Extra position floor (m), added in quadrature to each position axis (x, y, "
+          "z) on top of the map's calibrated covariance (fitted by reloc-map on held-out frames; Localizer "
+          "position_sigma_floor_m): for maps whose poses you know to be worse. Applied on configure and "
+          "~/reload_map.", min=0.0),
+    Param("rotation_sigma_floor_deg", 0.0, "Extra rotation floor (degrees), added in quadrature to each rotation "
+          "axis (rx, ry, rz) on top of the map's calibrated covariance (Localizer rotation_sigma_floor_deg). Applied "
+          "on configure and ~/reload_map.", min=0.0),
     Param("num_threads", 0, "torch intra-op threads; 0 = torch's default.", min=0),
     Param("autostart", False, "Configure and activate at start-up (without a lifecycle manager)."),
     Param("bond_heartbeat_period", 0.1, "Seconds between the bond heartbeats (bond/msg/Status on 'bond') sent "
@@ -321,6 +322,9 @@ MAPPER_PARAMS = [
           "triangulated with pycolmap from the recorded poses (the recorder writes colour only), or back-projected "
           "from registered depth (<frame>.depth.png, uint16 mm) when every recorded frame has it. Needs a few dozen "
           "overlapping keyframes."),
+    Param("calibration_holdout", 0.1, "Share of the recorded keyframes (blocks of consecutive frames) held out of the "
+          "map in ~/build_map to calibrate its covariance and confidence; 0 = no calibration (the localizer then "
+          "warns that its covariances are the estimators' own).", min=0.0, max=0.5),
     Param("train_overrides", "{}", "JSON object of front-end training options (its DEFAULT_CONF keys).",
           check="json_object"),
 ]

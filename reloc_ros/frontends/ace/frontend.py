@@ -41,13 +41,7 @@ DEFAULT_OPTIONS = {
                                # same features to 1e-4 of their range) | "auto": onnxruntime where the encoder runs fp32 on the CPU
                                # and onnxruntime is installed, else torch (benchmarks/RESULTS.md, "XFeat through
                                # onnxruntime")
-    "confidence_inliers": 300, # inliers (counted over all cells) at which the confidence saturates (``_confidence``)
     "encoder_weights": None,   # overrides the ACE encoder weights path stored in the map
-    # The PnP covariance σ²(JᵀJ)⁻¹ treats the ~4800 reprojection residuals as independent; scene-coordinate errors
-    # are spatially correlated, so it is overconfident. Published covariance = covariance_scale × that; the default
-    # is calibrated on the demo scene (exact ground truth: 95 % of errors inside the 95 % ellipsoid needed ~900-1200);
-    # the Localizer adds the map's own accuracy on top (benchmarks/calibrate_covariance.py, benchmarks/RESULTS.md).
-    "covariance_scale": 1000.0,
 }
 
 
@@ -234,15 +228,8 @@ class AceFrontEnd:
                 else res.reason
             return LocalizationResult(False, None, None, 0.0, self.name, reason, res.num_inliers,
                                       res.inlier_ratio, 0.0, timings, dense_features=shared or None)
-        cov = None if res.covariance is None else res.covariance * float(self.options["covariance_scale"])
-        return LocalizationResult(True, res.T_world_cam, cov, self._confidence(res), self.name, "ok",
+        # the estimator's covariance and no confidence: the Localizer applies the map's calibration (uncertainty.py)
+        return LocalizationResult(True, res.T_world_cam, res.covariance, float("nan"), self.name, "ok",
                                   res.num_inliers, res.inlier_ratio, float(res.num_inliers), timings,
                                   dense_features=shared or None)
 
-    def _confidence(self, res) -> float:
-        """Heuristic in [0, 1]: saturating in the inlier count (``confidence_inliers``) times
-        ``sqrt(inlier ratio / 0.3)`` capped at 1 (ratios ≥ 30 % are typical of correct poses on 7-Scenes)."""
-        full_grid = res.num_inliers * int(self.options["cell_stride"])  # as if every cell had been used
-        a = min(1.0, full_grid / float(self.options["confidence_inliers"]))
-        b = min(1.0, float(np.sqrt(res.inlier_ratio / 0.3)))
-        return float(a * b)

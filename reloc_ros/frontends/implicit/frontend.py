@@ -4,18 +4,12 @@ Pipeline: undistort (when the camera has distortion) → resize to the map's inp
 ``Camera.resized``) → network → camera points ``P_i = ray_i·depth_i`` → weighted Kabsch to the scene points
 ``Q_i`` → ``T_world_cam``.
 
-Covariance model. The pose minimises ``E = Σ w_i ‖R P_i + t − Q_i‖²``. Treat ``r_i`` as independent Gaussian
-residuals with covariance ``σ²/w_i · I₃``; with the right perturbation ``T·Exp(ρ, φ)`` (``se3_exp_right``:
-``t' = t + Rρ``, ``R' = R Exp(φ)``) the Jacobian of ``r_i`` is ``J_i = R [I₃, −[P_i]×]``, the Gauss–Newton
-Hessian ``H = Σ w_i J_iᵀ J_i`` and ``Σ_right = ŝ · σ̂² H⁻¹`` with ``σ̂² = Σ w_i ‖r_i‖² / (3N − 6)``;
-``covariance_right_to_world`` turns it into the (position, left rotation) world convention. The network's errors
-are spatially correlated (neighbouring cells share most of their receptive field), so the independent-residual
-covariance is too small; ``cov_inflation`` (ŝ) is the factor calibrated on 7-Scenes query errors in
-benchmarks/RESULTS_implicit.md.
-
-Confidence (∈ [0, 1]): ``exp(−σ_pos / confidence_scale_m)`` with ``σ_pos = √trace(Σ_position)`` (m) from the
-calibrated covariance above: it falls when the cells disagree on one rigid motion (large Kabsch residuals) or when
-few cells carry weight. (The raw mean weight is a poor absolute score: the network learns small weights overall.)
+Covariance model. The pose minimises ``E = Σ w_i ‖R P_i + t − Q_i‖²``; with the right perturbation ``T·Exp(ρ, φ)``
+(``se3_exp_right``: ``t' = t + Rρ``, ``R' = R Exp(φ)``) the Jacobian of ``r_i`` is ``J_i = R [I₃, −[P_i]×]``, the
+Gauss–Newton Hessian ``H = Σ w_i J_iᵀ J_i``, and ``Σ_right`` is the sandwich ``H⁻¹ (Σ s_i s_iᵀ) H⁻¹`` with
+``s_i = w_i J_iᵀ r_i`` (``uncertainty.sandwich_covariance``); ``covariance_right_to_world`` turns it into the
+(position, left rotation) world convention. The network's errors are spatially correlated, so this is too small:
+the map's calibration, fitted at mapping time, scales it, and gives the confidence (``uncertainty.py``).
 """
 from __future__ import annotations
 
@@ -27,7 +21,8 @@ import torch
 
 from ...geometry.camera import Camera, InvalidCameraError
 from ...geometry.kabsch import DegenerateWeightsError
-from ...geometry.pose import covariance_right_to_world, make_T, position_confidence
+from ...geometry.pose import covariance_right_to_world, make_T
+from ...uncertainty import sandwich_covariance
 from ...map_file import MapFileError, check_metadata, load_map
 from ...precision import autocast_context, resolve_precision
 from ..base import LocalizationResult, load_weights
@@ -75,14 +70,13 @@ def model_from_map(tensors: dict, metadata: dict, device="cpu") -> ImplicitPoseN
     return model.to(device).eval()
 
 
-def pose_covariance(R: np.ndarray, t: np.ndarray, P: np.ndarray, Q: np.ndarray, w: np.ndarray,
-                    inflation: float = 1.0) -> tuple[np.ndarray, float]:
-    """6×6 world-convention covariance of ``T_world_cam = [R | t]`` fitted to ``Q ≈ R P + t`` with weights ``w``
-    (see the module docstring), and the weighted RMS residual (m)."""
+def pose_covariance(R: np.ndarray, t: np.ndarray, P: np.ndarray, Q: np.ndarray, w: np.ndarray
+                    ) -> tuple[np.ndarray | None, float]:
+    """6×6 world-convention sandwich covariance of ``T_world_cam = [R | t]`` fitted to ``Q ≈ R P + t`` with weights
+    ``w`` (see the module docstring; None when singular), and the weighted RMS residual (m)."""
     r = P @ R.T + t - Q
     wsum = w.sum()
     n = len(w)
-    sigma2 = float((w * (r ** 2).sum(-1)).sum() / max(3 * n - 6, 1))
     # H = Σ w [[I, −[P]×], [[P]×, −[P]×²]] (R cancels: RᵀR = I)
     Px = np.zeros((n, 3, 3))
     Px[:, 0, 1], Px[:, 0, 2], Px[:, 1, 2] = -P[:, 2], P[:, 1], -P[:, 0]
@@ -92,8 +86,12 @@ def pose_covariance(R: np.ndarray, t: np.ndarray, P: np.ndarray, Q: np.ndarray, 
     H[:3, 3:] = -(w[:, None, None] * Px).sum(0)
     H[3:, :3] = H[:3, 3:].T
     H[3:, 3:] = -(w[:, None, None] * (Px @ Px)).sum(0)
-    cov_right = inflation * sigma2 * np.linalg.inv(H)
+    rc = r @ R                                                   # Rᵀ rᵢ
+    scores = w[:, None] * np.concatenate([rc, np.einsum("nij,nj->ni", Px, rc)], axis=1)  # w Jᵢᵀ rᵢ
+    cov_right = sandwich_covariance(H, scores.T @ scores, n)
     rms = float(np.sqrt((w * (r ** 2).sum(-1)).sum() / max(wsum, 1e-12)))
+    if cov_right is None:
+        return None, rms
     return covariance_right_to_world(make_T(R, t), cov_right), rms
 
 
@@ -102,16 +100,15 @@ class ImplicitFrontEnd:
 
     Options: ``precision`` (network autocast: "auto" = bf16 only where measured faster, ~1.5× on AMX CPUs and
     far slower on AVX2-only ones; "fp32" | "bf16" | "fp16" (CUDA)), ``channels_last`` (default True),
-    ``threads`` (torch intra-op threads; None leaves torch's setting), ``cov_inflation`` (see module docstring),
-    ``confidence_scale_m`` (confidence), ``min_weight_mass`` (below it: ``success=False``, reason "low_confidence").
+    ``threads`` (torch intra-op threads; None leaves torch's setting), ``min_weight_mass`` (below it:
+    ``success=False``, reason "low_confidence").
     """
 
     name = "implicit"
     METADATA_SCHEMA = IMPLICIT_METADATA_SCHEMA
 
     def __init__(self, model: ImplicitPoseNet, metadata: dict, device="cpu", precision: str = "auto",
-                 channels_last: bool = True, threads: int | None = None, cov_inflation: float = 240.0,
-                 confidence_scale_m: float = 0.25, min_weight_mass: float = 3.0):
+                 channels_last: bool = True, threads: int | None = None, min_weight_mass: float = 3.0):
         self.model, self.metadata, self.device = model, metadata, torch.device(device)
         self.channels_last = bool(channels_last)
         if channels_last:
@@ -121,7 +118,6 @@ class ImplicitFrontEnd:
         m = metadata["model"]
         self.width, self.height = int(m["image_width"]), int(m["image_height"])
         self.stride = int(m["output_stride"])
-        self.cov_inflation, self.confidence_scale_m = float(cov_inflation), float(confidence_scale_m)
         self.min_weight_mass = float(min_weight_mass)
         self._rays: dict = {}
         self.precision = {"implicit_network": self._resolve_precision(precision)}
@@ -197,17 +193,18 @@ class ImplicitFrontEnd:
         Pn = P[0].double().cpu().numpy()
         Qn = out["scene"][0].double().cpu().numpy()
         wn = out["weight"][0].double().cpu().numpy()
-        cov, rms = pose_covariance(R, t, Pn, Qn, wn, self.cov_inflation)
+        cov, rms = pose_covariance(R, t, Pn, Qn, wn)
         t3 = time.perf_counter()
         mass = float(wn.sum())
-        conf = position_confidence(cov, self.confidence_scale_m)
         timings.update(preprocess=1e3 * (t1 - t0), network=1e3 * (t2 - t1), solver=1e3 * (t3 - t2),
                        total=1e3 * (t3 - t0))
-        ok = mass >= self.min_weight_mass and np.all(np.isfinite(cov))
+        ok = mass >= self.min_weight_mass and cov is not None and np.all(np.isfinite(cov))
         if not ok:
-            return LocalizationResult(False, None, None, conf, self.name, reason="low_confidence",
+            return LocalizationResult(False, None, None, 0.0, self.name, reason="low_confidence",
                                       weight_mass=mass, timings_ms=timings)
-        return LocalizationResult(True, make_T(R, t), cov, conf, self.name, weight_mass=mass, timings_ms=timings)
+        # the estimator's covariance and no confidence: the Localizer applies the map's calibration (uncertainty.py)
+        return LocalizationResult(True, make_T(R, t), cov, float("nan"), self.name, weight_mass=mass,
+                                  timings_ms=timings)
 
 
 def load_implicit_map(path, device: str = "cpu", **options) -> ImplicitFrontEnd:

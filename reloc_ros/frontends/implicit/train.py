@@ -232,13 +232,73 @@ def train(conf: dict, dataset, out_path) -> Path:
         return _train(conf, dataset, out_path)
 
 
-def _train(conf: dict, dataset, out_path) -> Path:
-    """``train`` with ``conf`` already merged over ``DEFAULT_CONF``."""
+def _check_bounds(conf: dict) -> None:
+    """The training must be bounded by ``minutes`` and/or ``epochs`` (ValueError naming the option)."""
     conf["minutes"] = check_minutes(conf["minutes"], "implicit mapping option 'minutes'")
     if conf["minutes"] is None and conf["epochs"] is None:
         raise ValueError("set 'minutes' or 'epochs' (or both) to bound the training")
     if conf["epochs"] is not None and not (isinstance(conf["epochs"], (int, float)) and 0 < conf["epochs"] < 1e6):
         raise ValueError(f"implicit mapping option 'epochs' must be a number > 0 (or None), got {conf['epochs']!r}")
+
+
+def _build_model(conf: dict, centre, extent: float, init_tensors, device) -> ImplicitPoseNet:
+    """The network (seeded), from ``init_map`` tensors or the pretrained backbone, on ``device``."""
+    torch.manual_seed(conf["seed"])
+    model = ImplicitPoseNet(conf["arch"], conf["output_stride"], conf["dilated"], conf["head_channels"],
+                            conf["head_layers"], centre, extent, conf["d_min"], conf["d_max"], conf["depth_init"])
+    if init_tensors is not None:
+        model.load_state_dict(init_tensors)
+    elif conf["backbone_weights"]:
+        load_backbone_weights(model.backbone, conf["backbone_weights"])
+    model.to(device)
+    if conf["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _cell_rays(Ks: np.ndarray, W: int, H: int, os_: int, device):
+    """Cell centres (h·w, 2) for the reprojection loss, the cells' rays (one set when every frame shares K, else
+    per frame) and whether K is shared."""
+    uv = torch.as_tensor(Camera(W, H, Ks[0]).pixel_grid(os_), dtype=torch.float64, device=device)
+    same_K = bool(np.allclose(Ks, Ks[0]))
+    if same_K:
+        rays = torch.as_tensor(camera_rays(Camera(W, H, Ks[0]), os_), dtype=torch.float32, device=device)
+    else:
+        rays = torch.as_tensor(np.stack([camera_rays(Camera(W, H, K), os_) for K in Ks]), dtype=torch.float32,
+                               device=device)
+    assert uv.shape[0] == (H // os_) * (W // os_)
+    return uv, rays, same_K
+
+
+def _optimizer(model, conf: dict) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the weights, none on biases and norms."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (no_decay if p.dim() == 1 else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": conf["weight_decay"]},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=conf["lr"])
+
+
+def _augmented_batch(idx, images, poses, Ks, conf: dict, rng, device):
+    """The frames ``idx`` with colour jitter and in-plane rotation (poses rotated with them): network input and
+    ``T_world_cam`` (B, 4, 4) float64."""
+    batch, T_b = [], []
+    for i in idx:
+        img, T = images[i], poses[i]
+        if conf["aug_colour"] > 0:
+            img = colour_jitter(img, rng, conf["aug_colour"], conf["aug_colour"], conf["aug_colour"])
+        if conf["aug_rotation_deg"] > 0 and rng.random() < conf["aug_rotation_prob"]:
+            theta = np.deg2rad(rng.uniform(-conf["aug_rotation_deg"], conf["aug_rotation_deg"]))
+            img, T = rotate_in_plane(img, Ks[i], T, theta)
+        batch.append(img)
+        T_b.append(T)
+    return (normalize_images(np.stack(batch), device, conf["channels_last"]),
+            torch.as_tensor(np.stack(T_b), dtype=torch.float64, device=device))
+
+
+def _train(conf: dict, dataset, out_path) -> Path:
+    """``train`` with ``conf`` already merged over ``DEFAULT_CONF``."""
+    _check_bounds(conf)
     out_path = Path(out_path)
     ckpt_path = out_path.with_name(out_path.name + ".ckpt.pt")
     device = torch.device(conf["device"])
@@ -262,33 +322,9 @@ def _train(conf: dict, dataset, out_path) -> Path:
     else:
         centre, extent = scene_normalisation(poses, conf["depth_init"])
 
-    torch.manual_seed(conf["seed"])
-    model = ImplicitPoseNet(conf["arch"], os_, conf["dilated"], conf["head_channels"], conf["head_layers"],
-                            centre, extent, conf["d_min"], conf["d_max"], conf["depth_init"])
-    if init_tensors is not None:
-        model.load_state_dict(init_tensors)
-    elif conf["backbone_weights"]:
-        load_backbone_weights(model.backbone, conf["backbone_weights"])
-    model.to(device)
-    if conf["channels_last"]:
-        model.to(memory_format=torch.channels_last)
-
-    # Per-frame rays of the output cells (shared K → one set) and cell centres for the reprojection loss.
-    h, w = H // os_, W // os_
-    uv = torch.as_tensor(Camera(W, H, Ks[0]).pixel_grid(os_), dtype=torch.float64, device=device)
-    same_K = np.allclose(Ks, Ks[0])
-    if same_K:
-        rays_all = torch.as_tensor(camera_rays(Camera(W, H, Ks[0]), os_), dtype=torch.float32, device=device)
-    else:
-        rays_all = torch.as_tensor(np.stack([camera_rays(Camera(W, H, K), os_) for K in Ks]),
-                                   dtype=torch.float32, device=device)
-    assert uv.shape[0] == h * w
-
-    decay, no_decay = [], []
-    for n_, p in model.named_parameters():
-        (no_decay if p.dim() == 1 else decay).append(p)
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": conf["weight_decay"]},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=conf["lr"])
+    model = _build_model(conf, centre, extent, init_tensors, device)
+    uv, rays_all, same_K = _cell_rays(Ks, W, H, os_, device)
+    optim = _optimizer(model, conf)
     steps_per_epoch = max(1, math.ceil(F_ / conf["batch_size"]))
     total_steps = None if conf["epochs"] is None else max(int(conf["epochs"] * steps_per_epoch), 1)
     choice = _resolve_training_precision(conf, model, device)
@@ -378,18 +414,7 @@ def _train(conf: dict, dataset, out_path) -> Path:
                 perm, cursor = rng.permutation(F_), 0
             idx = perm[cursor:cursor + conf["batch_size"]]
             cursor += conf["batch_size"]
-            batch, T_b = [], []
-            for i in idx:
-                img, T = images[i], poses[i]
-                if conf["aug_colour"] > 0:
-                    img = colour_jitter(img, rng, conf["aug_colour"], conf["aug_colour"], conf["aug_colour"])
-                if conf["aug_rotation_deg"] > 0 and rng.random() < conf["aug_rotation_prob"]:
-                    theta = np.deg2rad(rng.uniform(-conf["aug_rotation_deg"], conf["aug_rotation_deg"]))
-                    img, T = rotate_in_plane(img, Ks[i], T, theta)
-                batch.append(img)
-                T_b.append(T)
-            x = normalize_images(np.stack(batch), device, conf["channels_last"])
-            T_gt = torch.as_tensor(np.stack(T_b), dtype=torch.float64, device=device)
+            x, T_gt = _augmented_batch(idx, images, poses, Ks, conf, rng, device)
             K_b = torch.as_tensor(Ks[idx], dtype=torch.float64, device=device)
             rays = rays_all if same_K else rays_all[torch.as_tensor(idx, device=device)]
             lr = conf["lr"] * _lr_factor(progress(), conf["warmup_frac"])
