@@ -135,12 +135,11 @@ def calibrate_map(map_path, dataset, refine: bool | None = None, device: str = "
 
 
 def main(argv=None) -> int:
-    from ..cli_args import parse_json_object
+    from ..cli_args import HelpFormatter, parse_json_object
     from ..conf import merge_conf
     from ..datasets import open_dataset
     from ..device import check_device
     from ..map_file import MapFileError
-    from ..cli_args import HelpFormatter
     p = argparse.ArgumentParser(prog="reloc-calibrate", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--map", type=Path, required=True, help="the map file to calibrate (rewritten in place)")
