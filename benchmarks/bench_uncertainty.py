@@ -28,7 +28,7 @@ from reloc_ros.datasets import open_dataset
 from reloc_ros.evaluation.offline import evaluate
 from reloc_ros.gating import is_false_accept
 from reloc_ros.metrics import pose_error
-from reloc_ros.uncertainty import WITHIN_DEG, WITHIN_M
+from reloc_ros.uncertainty import is_correct
 
 KEYS = ("n_queries", "recall_10cm_5deg", "median_translation_m", "median_rotation_deg", "nees_inside_95",
         "nees_position_inside_95", "nees_rotation_inside_95", "nees_mean", "nees_position_mean", "nees_rotation_mean",
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
                   machine=res.get("machine"))
     q = res["per_query"]
     correct_nees = [x["nees"] for x in q if x["accepted"] and x["nees"] is not None
-                    and x["t_err_m"] <= WITHIN_M and x["r_err_deg"] <= WITHIN_DEG]
+                    and is_correct(x["t_err_m"], x["r_err_deg"])]
     report["rejection_threshold_99"] = float(np.sqrt(np.percentile(correct_nees, 99))) if correct_nees else None
     queries = open_dataset(args.dataset, frames=str(args.dataset / "query.txt"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["sandwich_covariance", "Calibration", "CalibrationSample", "fit_calibration", "gaussian_within",
+__all__ = ["sandwich_covariance", "Calibration", "CalibrationSample", "fit_calibration", "gaussian_within", "is_correct",
            "support_features", "expected_calibration_error", "CALIBRATION_SCHEMA", "WITHIN_M", "WITHIN_DEG",
            "STAGES"]
 
@@ -51,6 +51,16 @@ def sandwich_covariance(H: np.ndarray, meat: np.ndarray, n_obs: int | None = Non
         cov = cov * (n_obs / max(n_obs - H.shape[0], 1))
     cov = 0.5 * (cov + cov.T)
     return cov if np.all(np.isfinite(cov)) else None
+
+
+def is_correct(t_err_m: float, r_err_deg: float) -> bool:
+    """Whether a pose error (m, deg) is within WITHIN_M / WITHIN_DEG: the event the confidence is the probability of."""
+    return t_err_m <= WITHIN_M and r_err_deg <= WITHIN_DEG
+
+
+def _error_m_deg(error: np.ndarray) -> tuple[float, float]:
+    """(position error m, rotation error deg) of a (6,) error vector (δc m, δθ rad)."""
+    return float(np.linalg.norm(error[:3])), math.degrees(float(np.linalg.norm(error[3:])))
 
 
 def _block_sigmas(cov: np.ndarray) -> tuple[float, float]:
@@ -145,8 +155,7 @@ class CalibrationSample:
 
     @property
     def correct(self) -> bool:
-        e = self.error
-        return e is not None and np.linalg.norm(e[:3]) <= WITHIN_M and math.degrees(np.linalg.norm(e[3:])) <= WITHIN_DEG
+        return self.error is not None and is_correct(*_error_m_deg(self.error))
 
 
 def _nll(params, E: np.ndarray, C: np.ndarray) -> float:
@@ -202,8 +211,7 @@ def fit_calibration(samples: list, l2: float = 1.0) -> Calibration:
     samples (true pose known, within 25 cm / 10°: gross failures are the gate's business, not the covariance's);
     the confidence on all. A ValueError with fewer than 8 such samples."""
     from .gating import is_false_accept
-    good = [s for s in samples if s.error is not None
-            and not is_false_accept(float(np.linalg.norm(s.error[:3])), math.degrees(np.linalg.norm(s.error[3:])))]
+    good = [s for s in samples if s.error is not None and not is_false_accept(*_error_m_deg(s.error))]
     if len(good) < 8:
         raise ValueError(f"only {len(good)} calibration frames localized within 25 cm / 10° (need >= 8): the "
                          "held-out frames are too few or the map is poor")

@@ -32,7 +32,7 @@ from ..cli_args import HelpFormatter, check_eval_paths, number
 from ..conf import merge_conf
 from ..gating import DEFAULT_THRESHOLDS, GateThresholds, gate_result, is_false_accept
 from ..metrics import pose_error, summarize_errors
-from ..uncertainty import WITHIN_DEG, WITHIN_M, expected_calibration_error
+from ..uncertainty import expected_calibration_error, is_correct
 from .consistency import consistency_summary, nees, pose_error_vector
 from .report import (latency_stats, machine_info, map_bytes, print_summary, refinement_summary, write_json,
                      write_tum)
@@ -150,11 +150,15 @@ def _summary(runs: list[dict], gate: GateThresholds, out_of_map: bool) -> dict:
     covs = [r["covariance"] for r in with_cov]
     out.update(consistency_summary(err_vecs, covs))
     ok = [q for q in queries if q["success"]]
-    out["ece_confidence"] = expected_calibration_error(
-        [q["confidence"] for q in ok], [q["t_err_m"] <= WITHIN_M and q["r_err_deg"] <= WITHIN_DEG for q in ok]) \
+    out["ece_confidence"] = expected_calibration_error(*_confidence_and_correct(ok)) \
         if ok and not out_of_map else float("nan")
     out["out_of_map"] = out_of_map
     return out
+
+
+def _confidence_and_correct(queries: list[dict]) -> tuple[list, list]:
+    """Each query's confidence and whether its pose is within 10 cm / 5° (``uncertainty.is_correct``)."""
+    return [q["confidence"] for q in queries], [is_correct(q["t_err_m"], q["r_err_deg"]) for q in queries]
 
 
 def _provenance(localizer, map_path, reference, device, load_s: float) -> dict:
@@ -199,8 +203,7 @@ def _write_extras(out: dict, runs: list[dict], plots_dir, tum_dir) -> None:
             ok = [r["query"] for r in runs if r["query"]["success"]]
             title = f"{out['front_end']}{' + refine' if out['refine'] else ''}"
             out["plots"]["reliability"] = str(plot_reliability(
-                Path(plots_dir) / "reliability.png", [q["confidence"] for q in ok],
-                [q["t_err_m"] <= WITHIN_M and q["r_err_deg"] <= WITHIN_DEG for q in ok], title=title))
+                Path(plots_dir) / "reliability.png", *_confidence_and_correct(ok), title=title))
             out["plots"]["nees_cdf"] = str(plot_nees_cdf(Path(plots_dir) / "nees_cdf.png", out["nees_values"],
                                                          title=title))
     if tum_dir is not None:
