@@ -50,11 +50,19 @@ def test_false_accept_is_25cm_or_10deg(t, r, false):
 def test_reloc_eval_applies_the_gate(demo_map_ace, demo_scene_root):
     from reloc_ros.evaluation.offline import evaluate
     map_path, names = demo_map_ace
-    res = evaluate(map_path, demo_scene_root, frames=names, progress=False)
-    counts = sorted(q["inlier_count"] for q in res["per_query"])
+    res = evaluate(map_path, demo_scene_root, frames=names, progress=False)  # the node's default gate
+    assert res["gate"] == DEFAULT_THRESHOLDS.as_dict()
     assert all(q["accepted"] == (q["gate_reason"] == "ok") for q in res["per_query"])
+    assert all(q["gate_reason"] != "low_confidence" or q["confidence"] < DEFAULT_THRESHOLDS.min_confidence
+               for q in res["per_query"])
+    assert res["accepted_rate"] == np.mean([q["accepted"] for q in res["per_query"]])
+    # this 6-frame map's calibration (18 neighbouring frames, 3 of 4 samples degraded) puts the confidence of its
+    # own frames near 0.5, so the default min_confidence splits them differently on CPUs that train it in bf16 or
+    # fp32: the rest of the test gates on the inliers alone
+    res = evaluate(map_path, demo_scene_root, frames=names, progress=False, gate=GateThresholds(min_confidence=0.0))
+    counts = sorted(q["inlier_count"] for q in res["per_query"])
     assert res["accepted_rate"] == np.mean([q["accepted"] for q in res["per_query"]]) > 0.5
-    assert res["false_accept_rate"] == 0.0 and res["gate"] == DEFAULT_THRESHOLDS.as_dict()
+    assert res["false_accept_rate"] == 0.0
     assert res["accepted"]["recall_5cm_5deg"] == 1.0
     strict = evaluate(map_path, demo_scene_root, frames=names, progress=False,
                       gate=GateThresholds(min_inliers=counts[-1] + 10_000))

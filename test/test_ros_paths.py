@@ -382,18 +382,21 @@ def test_mapper_build_map_service_end_to_end(env, frames, tmp_path):
             tr = TransformStamped()
             tr.header.stamp, tr.header.frame_id, tr.child_frame_id = stamp, "map", "cam"
             T_to_transform(f.T_world_cam, tr.transform)
-            tf_pub.publish(TFMessage(transforms=[tr]))
             info.header.stamp = stamp
             img = rgb_to_image_msg(f.image, Image, 5_000_000_000 + i * 100_000_000, "cam")
-            for attempt in range(10):  # camera_info is another topic: the first image may arrive before it
+            # camera_info and /tf are other topics, and a volatile sample sent before the mapper's side of DDS has
+            # matched ours is lost (matching is not symmetric): each attempt sends all three again. The same pose
+            # again is no keyframe, so a repeat never records twice.
+            for attempt in range(10):
+                tf_pub.publish(TFMessage(transforms=[tr]))
                 info_pub.publish(info)
-                img_pub.publish(img)  # the same pose again is no keyframe: a repeat never records twice
+                img_pub.publish(img)
                 try:
                     cl.wait(lambda: len(counts) > i, 2.0 if attempt < 9 else 30.0, f"keyframe {i + 1}")
                     break
                 except AssertionError:
                     if attempt == 9:
-                        raise
+                        raise AssertionError(f"keyframe {i + 1} never recorded; mapper log:\n{h.log_tail()}")
         # three frames are too few to triangulate a reference model: the front end alone (reference: test_triangulation)
         cl.set_params(name, train_overrides=json.dumps(quick), build_reference=False)
         r = cl.call(Trigger, f"/{name}/build_map")
