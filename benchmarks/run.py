@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Reproduce benchmarks/RESULTS.md: every front end ± featuremetric refinement on the demo scene and on 7-Scenes
-redkitchen (mapping.txt → query.txt), offline (``reloc-eval``) and through the node (``reloc-eval-bag``).
+"""Reproduce benchmarks/RESULTS.md: every front end (ours and the classical peer ``sift``) ± featuremetric
+refinement on the demo scene and on 7-Scenes redkitchen (mapping.txt → query.txt) with both pose sets (dSLAM and
+the SfM pseudo ground truth, each mapped and evaluated in its own poses), offline (``reloc-eval``) and through the
+node (``reloc-eval-bag``).
 
-    .venv/bin/python benchmarks/run.py [--scenes demo,redkitchen] [--front-ends ace,implicit] [--refine off,on]
+    .venv/bin/python benchmarks/run.py [--scenes demo,redkitchen,redkitchen-sfm] [--front-ends ace,implicit,sift]
+        [--refine off,on]
         [--minutes M] [--limit N] [--node-limit N] [--no-node] [--out benchmarks/out] [--results FILE]
         [--reuse-maps] [--device cpu] [--set FRONT_END:KEY=VALUE ...]
 
@@ -31,6 +34,10 @@ sys.path.insert(0, str(REPO))
 from reloc_ros.evaluation.report import machine_info, write_json  # noqa: E402
 
 SEVEN_SCENES = Path(os.environ.get("RELOC_ROS_7SCENES", REPO.parent / "shared" / "data" / "7scenes-redkitchen"))
+# The same frames with the published SfM pseudo ground truth (mapped and evaluated in its own poses)
+SEVEN_SCENES_SFM = Path(os.environ.get("RELOC_ROS_7SCENES_SFM",
+                                       REPO.parent / "shared" / "data" / "7scenes-redkitchen-sfm-pgt"))
+REAL_SCENES = {"redkitchen": SEVEN_SCENES, "redkitchen-sfm": SEVEN_SCENES_SFM}
 
 
 def _log(msg: str) -> None:
@@ -60,7 +67,8 @@ def query_bag(scene_dir: Path, out: Path) -> Path:
 
 # Reference-model options per scene: raw 7-Scenes depth is not registered to the colour camera; the reference
 # builder refuses it unless told to assume an identity depth-to-colour extrinsic (printed and recorded per map).
-SCENE_REFERENCE_CONF = {"redkitchen": {"unregistered_depth": "identity"}}
+SCENE_REFERENCE_CONF = {"redkitchen": {"unregistered_depth": "identity"},
+                        "redkitchen-sfm": {"unregistered_depth": "identity"}}
 
 
 def build(scene_dir: Path, out: Path, front_end: str, minutes: float, device: str, reference: bool,
@@ -106,14 +114,14 @@ def run(args) -> dict:
     for scene in args.scenes:
         if scene == "demo":
             scene_dir = demo_scene(out, args.n_mapping, args.n_query)
-        elif scene == "redkitchen":
-            scene_dir = SEVEN_SCENES
+        elif scene in REAL_SCENES:
+            scene_dir = REAL_SCENES[scene]
             if not (scene_dir / "mapping.txt").is_file():
-                _log(f"skipping redkitchen: {scene_dir} not found (set RELOC_ROS_7SCENES)")
+                _log(f"skipping {scene}: {scene_dir} not found (set RELOC_ROS_7SCENES / RELOC_ROS_7SCENES_SFM)")
                 rows.append({"scene": scene, "error": f"dataset not found at {scene_dir}"})
                 continue
         else:
-            raise SystemExit(f"unknown scene {scene!r} (demo, redkitchen)")
+            raise SystemExit(f"unknown scene {scene!r} (demo, {', '.join(REAL_SCENES)})")
         sdir = out / scene
         sdir.mkdir(parents=True, exist_ok=True)
         bag = None
@@ -239,8 +247,10 @@ def markdown(summary: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", default="demo,redkitchen", help="comma list of demo, redkitchen")
-    p.add_argument("--front-ends", default="ace,implicit", help="comma list of ace, implicit")
+    p.add_argument("--scenes", default="demo,redkitchen,redkitchen-sfm",
+                   help="comma list of demo, redkitchen (dSLAM poses), redkitchen-sfm (SfM pseudo ground truth)")
+    p.add_argument("--front-ends", default="ace,implicit,sift",
+                   help="comma list of registered front ends: ace, implicit, sift (the classical peer)")
     p.add_argument("--refine", default="off,on", help="comma list of off, on")
     p.add_argument("--minutes", type=float, default=8.0, help="mapping budget per front end (minutes)")
     p.add_argument("--limit", type=int, help="offline: N queries spread over query.txt (default all)")

@@ -1,6 +1,6 @@
 """``make demo`` / ``python -m reloc_ros.demo``: the whole product on the generated demo scene (or a real dataset).
 
-    python -m reloc_ros.demo [--out out/demo] [--front-end ace|implicit] [--minutes M] [--refine] [--rate R]
+    python -m reloc_ros.demo [--out out/demo] [--front-end ace|implicit|sift] [--minutes M] [--refine] [--rate R]
                              [--dataset PATH [--frames-map F --frames-query F]] [--map MAP] [--force]
                              [--skip-offline] [--skip-node]
 
@@ -92,7 +92,7 @@ def _step_map(args, out: Path, dataset: Path) -> Path:
     key = {"dataset": str(dataset.resolve()), "frames": args.frames_map, "front_end": args.front_end,
            "minutes": args.minutes, "device": args.device, "reference": bool(args.refine), "set": args.set,
            "reference_set": args.reference_set,
-           "defaults": DEMO_MAP_CONF[args.front_end], "calibration": DEMO_CALIBRATION}
+           "defaults": DEMO_MAP_CONF.get(args.front_end, {}), "calibration": DEMO_CALIBRATION}
     stamp = out / f"{args.front_end}.map.json"
     if _reusable(args, stamp, key, map_path, map_path):
         _say(f"2/5 map: reusing {map_path} ({map_path.stat().st_size / 1e6:.1f} MB)")
@@ -101,7 +101,7 @@ def _step_map(args, out: Path, dataset: Path) -> Path:
          f"({args.frames_map or 'mapping.txt'}){' + reference model' if args.refine else ''}")
     t0 = time.perf_counter()
     report = build_map(MapJob(dataset, map_path, args.front_end, args.frames_map, None, args.minutes, args.device,
-                              conf={**DEMO_MAP_CONF[args.front_end], **parse_sets(args.set)},
+                              conf={**DEMO_MAP_CONF.get(args.front_end, {}), **parse_sets(args.set)},
                               reference=bool(args.refine), reference_conf=parse_sets(args.reference_set),
                               calibration=DEMO_CALIBRATION))
     stamp.write_text(json.dumps(key))

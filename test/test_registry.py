@@ -46,12 +46,13 @@ SPEC = FrontEndSpec("mean_pose", f"{__name__}:MeanPoseFrontEnd", __name__, summa
 def test_builtin_front_ends_are_registered_without_importing_networks():
     import subprocess
     import sys
-    assert {"ace", "implicit"} <= set(front_end_names())
+    assert {"ace", "implicit", "sift"} <= set(front_end_names())
     assert front_end_spec("ace").support == "inliers" and front_end_spec("implicit").support == "weight_mass"
+    assert front_end_spec("sift").support == "inliers"
     code = ("import sys; from reloc_ros.frontends.registry import front_end_names; names = front_end_names(); "
             "print(names, [m for m in sys.modules if m.endswith(('.frontend', '.train'))])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['ace', 'implicit'] []"
+    assert out.strip() == "['ace', 'implicit', 'sift'] []"
     with pytest.raises(ValueError, match=r"unknown front end 'nerf'; choose one of \[.*'ace'.*\]"):
         front_end_spec("nerf")
     with pytest.raises(ValueError, match="already registered"):

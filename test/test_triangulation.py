@@ -46,8 +46,28 @@ def mapping(demo_scene_root):
 
 
 @pytest.fixture(scope="module")
-def tri(mapping):
-    return triangulate_dataset(_Frames(mapping, STRIDE), TRI_CONF, progress=False)
+def tri_work_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tri")
+
+
+@pytest.fixture(scope="module")
+def tri(mapping, tri_work_dir):
+    return triangulate_dataset(_Frames(mapping, STRIDE), TRI_CONF, work_dir=tri_work_dir, progress=False)
+
+
+def test_each_observation_names_its_keypoint_in_the_database(tri, tri_work_dir):
+    """``obs_keypoint`` indexes the COLMAP keypoints (and descriptors) of image ``{i:06d}.png``: the sift front end
+    stores the descriptors of the observations through it."""
+    db = pycolmap.Database.open(tri_work_dir / "database.db")
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        kps = [db.read_keypoints(ids[f"{i:06d}.png"])[:, :2] for i in tri.image_indices]
+    finally:
+        db.close()
+    uv = np.stack([kps[i][k] for i, k in zip(tri.obs_image, tri.obs_keypoint)])
+    np.testing.assert_allclose(colmap_to_pixel(uv), tri.obs_uv, atol=1e-9)
+    kept = tri.filtered(min_track_length=4)
+    assert len(kept.obs_keypoint) == len(kept.obs_point) < len(tri.obs_point)
 
 
 def test_pixel_convention_against_pycolmap_sift():

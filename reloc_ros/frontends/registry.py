@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["FrontEndSpec", "register_front_end", "front_end_spec", "front_end_names", "BUILTIN_PACKAGES"]
 
-BUILTIN_PACKAGES = ("reloc_ros.frontends.implicit", "reloc_ros.frontends.ace")
+BUILTIN_PACKAGES = ("reloc_ros.frontends.implicit", "reloc_ros.frontends.ace", "reloc_ros.frontends.sift")
 ENTRY_POINT_GROUP = "reloc_ros.front_ends"
 
 

@@ -1,6 +1,6 @@
 """``reloc-map``: posed images → a map file (front end weights + metadata) and a refinement reference model.
 
-    reloc-map --dataset PATH [--frames LIST] [--intrinsics FILE] --front-end implicit|ace --out MAP
+    reloc-map --dataset PATH [--frames LIST] [--intrinsics FILE] --front-end ace|implicit|sift --out MAP
               [--minutes M] [--device D] [--encoder xfeat|ace:PATH|disk] [--set key=value ...]
               [--reference-set key=value ...] [--no-reference]
 

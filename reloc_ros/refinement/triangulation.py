@@ -76,6 +76,8 @@ class Triangulation:
     poses: np.ndarray             # (M, 4, 4) T_world_cam of each image
     cameras: list                 # Camera of each image
     stats: dict = field(default_factory=dict)
+    obs_keypoint: np.ndarray | None = None  # (O,) int64 index of each observation's keypoint in its image's COLMAP
+                                            # keypoint list (database image "{input index:06d}.png")
 
     @property
     def num_points(self) -> int:
@@ -98,7 +100,8 @@ class Triangulation:
                               "min_tri_angle_deg": min_tri_angle_deg}}
         return Triangulation(self.points_xyz[keep], self.reproj_error_px[keep], self.tri_angle_deg[keep],
                              remap[self.obs_point[ok]], self.obs_image[ok], self.obs_uv[ok], list(self.image_indices),
-                             self.poses, self.cameras, stats)
+                             self.poses, self.cameras, stats,
+                             None if self.obs_keypoint is None else self.obs_keypoint[ok])
 
 
 def select_pairs(poses: np.ndarray, num_neighbors: int, angle_weight_m: float = 0.5,
@@ -229,7 +232,7 @@ def triangulate_dataset(frames, conf: dict | None = None, work_dir=None, progres
         rec = pycolmap.triangulate_points(rec, db_path, image_dir, model_dir, clear_points=True, options=opts)
         # 5. Collect and filter.
         index_of = {rec.find_image_with_name(n).image_id: j for j, n in enumerate(names)}
-        xyz, err, obs_p, obs_i, obs_uv = [], [], [], [], []
+        xyz, err, obs_p, obs_i, obs_uv, obs_k = [], [], [], [], [], []
         for _, pt in rec.points3D.items():
             els = pt.track.elements
             if len(els) < int(conf["min_track_length"]) or pt.error > float(conf["max_reproj_error_px"]):
@@ -241,6 +244,7 @@ def triangulate_dataset(frames, conf: dict | None = None, work_dir=None, progres
                 obs_p.append(p)
                 obs_i.append(index_of[el.image_id])
                 obs_uv.append(keypoints[el.image_id][el.point2D_idx])
+                obs_k.append(el.point2D_idx)
         n_raw = rec.num_points3D()
         if not xyz:
             raise TriangulationError(f"no point triangulated from {len(names)} images ({n_verified} verified pairs "
@@ -251,12 +255,13 @@ def triangulate_dataset(frames, conf: dict | None = None, work_dir=None, progres
         obs_uv = colmap_to_pixel(np.asarray(obs_uv))
         order = np.argsort(obs_p, kind="stable")
         obs_p, obs_i, obs_uv = obs_p[order], obs_i[order], obs_uv[order]
+        obs_k = np.asarray(obs_k, dtype=np.int64)[order]
         angles = _tri_angles(xyz, obs_p, poses[obs_i, :3, 3])
         keep = angles >= float(conf["min_tri_angle_deg"])
         remap = np.cumsum(keep) - 1
         ok_obs = keep[obs_p]
         tri = Triangulation(xyz[keep], np.asarray(err)[keep], angles[keep], remap[obs_p[ok_obs]], obs_i[ok_obs],
-                            obs_uv[ok_obs], list(range(len(frames))), poses, cameras)
+                            obs_uv[ok_obs], list(range(len(frames))), poses, cameras, obs_keypoint=obs_k[ok_obs])
         tri.stats = {"images": len(names), "pairs": len(pairs), "verified_pairs": int(n_verified),
                      "raw_points": int(n_raw), "points": tri.num_points, "observations": int(len(tri.obs_point)),
                      "mean_track_length": round(float(tri.track_length.mean()), 2) if tri.num_points else 0.0,

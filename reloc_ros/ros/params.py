@@ -217,7 +217,7 @@ def read_params_file(path, node_name: str) -> dict:
 LOCALIZER_PARAMS = [
     # map and compute
     Param("map_path", "", "Map file written by reloc-map (.safetensors); loaded in configure. Required."),
-    Param("front_end", "", "Expected front end (a registered one: 'implicit' | 'ace'); empty = whatever the map "
+    Param("front_end", "", "Expected front end (a registered one: 'ace' | 'implicit' | 'sift'); empty = whatever the map "
           "holds. A mismatch fails configure.", choices=("",) + tuple(front_end_names())),
     Param("device", "cpu", "Torch device for the front end and the refiner ('cpu', 'cuda', 'cuda:0', ...).",
           check="device"),
