@@ -22,7 +22,7 @@ from pathlib import Path
 from reloc_ros.datasets import open_dataset
 from reloc_ros.evaluation.offline import evaluate
 from reloc_ros.localizer import Localizer
-from reloc_ros.map_file import reference_path
+from reloc_ros.map_file import MapFileError, read_metadata, reference_path
 
 ROW_KEYS = ("median_translation_m", "median_rotation_deg", "recall_2cm_2deg", "recall_5cm_5deg", "recall_10cm_5deg",
             "latency_ms_median", "latency_ms_p95", "accepted_rate", "false_accept_rate", "n_failed")
@@ -32,11 +32,22 @@ HIGHER_IS_BETTER = {"recall_2cm_2deg", "recall_5cm_5deg", "recall_10cm_5deg", "a
 def _pipelines(ours: list[Path], peer: Path) -> list[tuple[str, Path, bool]]:
     rows = []
     for m in ours:   # several maps of ours: each row also names its map file
-        name = Localizer.from_map(m).front_end_name + (f" ({m.name.split('.')[0]})" if len(ours) > 1 else "")
+        name = read_metadata(m)["front_end"] + (f" ({m.name.split('.')[0]})" if len(ours) > 1 else "")
         rows.append((name, m, False))
         if reference_path(m).is_file():
             rows.append((rows[-1][0] + " + refinement", m, True))
     return rows + [("peer: sift (hloc recipe)", peer, False)]
+
+
+def _threshold(text: str) -> tuple[float, float]:
+    """"T:R" -> (metres, degrees), both positive."""
+    try:
+        t, r = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not T:R (metres:degrees), e.g. 0.25:2") from None
+    if not (t > 0 and r > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: both thresholds must be positive")
+    return t, r
 
 
 def _row(res: dict, recalls: list[tuple[float, float]]) -> dict:
@@ -66,15 +77,21 @@ def main(argv=None) -> int:
     p.add_argument("--peer", required=True, type=Path, help="a map of the sift front end (reloc-map --front-end sift)")
     p.add_argument("--label", required=True)
     p.add_argument("--limit", type=int, help="queries evenly spread over the list (default: all)")
-    p.add_argument("--recall", action="append", default=[], metavar="T:R",
+    p.add_argument("--recall", action="append", default=[], metavar="T:R", type=_threshold,
                    help="also report the share within T m and R deg (repeatable)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "peer")
     args = p.parse_args(argv)
+    try:  # every map readable, the peer a sift map, before any query runs
+        kinds = {m: read_metadata(m)["front_end"] for m in [*args.ours, args.peer]}
+    except (OSError, MapFileError) as e:
+        p.error(str(e))
+    if kinds[args.peer] != "sift":
+        p.error(f"--peer {args.peer} is a {kinds[args.peer]!r} map; build the peer with reloc-map --front-end sift")
     out = args.out / f"{args.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     frames = args.frames or ("query.txt" if (args.dataset / "query.txt").is_file() else None)
     ds = open_dataset(args.dataset, frames=None if frames is None else str(args.dataset / frames))
-    recalls = [tuple(float(v) for v in s.split(":")) for s in args.recall]
+    recalls = args.recall
     results = {}
     for name, map_path, refine in _pipelines(args.ours, args.peer):
         loc = Localizer.from_map(map_path, refine=refine)
