@@ -78,11 +78,18 @@ def support_features(result, raw_covariance: np.ndarray | None) -> np.ndarray:
 
 
 def gaussian_within(cov: np.ndarray, within_m: float = WITHIN_M, within_deg: float = WITHIN_DEG) -> float:
-    """P(‖δc‖ ≤ within_m ∧ ‖δθ‖ ≤ within_deg) for a zero-mean Gaussian error with covariance ``cov`` (fixed draws)."""
+    """P(‖δc‖ ≤ within_m ∧ ‖δθ‖ ≤ within_deg) for a zero-mean Gaussian error with covariance ``cov`` (fixed draws),
+    within [0.5/N, 1 − 0.5/N] for the N draws (so that its logit is finite). A covariance that is positive
+    semi-definite but not numerically definite (eigenvalues from 1e-17 to 1, as PnP on thousands of inliers gives
+    next to a weak direction) is drawn from through its eigen-decomposition; a non-finite one gets the lower bound."""
+    sym = 0.5 * (cov + cov.T)
+    if not np.all(np.isfinite(sym)):
+        return 0.5 / len(_Z)
     try:
-        L = np.linalg.cholesky(0.5 * (cov + cov.T) + 1e-18 * np.eye(6))
+        L = np.linalg.cholesky(sym + 1e-18 * np.eye(6))
     except np.linalg.LinAlgError:
-        return 0.0
+        w, V = np.linalg.eigh(sym)
+        L = V * np.sqrt(np.clip(w, 0.0, None))
     e = _Z @ L.T
     ok = (np.linalg.norm(e[:, :3], axis=1) <= within_m) & (np.linalg.norm(e[:, 3:], axis=1) <= math.radians(within_deg))
     return float(np.clip(ok.mean(), 0.5 / len(_Z), 1 - 0.5 / len(_Z)))

@@ -66,6 +66,23 @@ def test_gaussian_within_matches_the_chi_distribution():
     assert gaussian_within(np.diag([1e-8] * 6)) > 0.99
 
 
+def test_gaussian_within_takes_a_semi_definite_covariance_and_stays_a_probability():
+    """A calibrated PnP covariance on thousands of inliers next to a weak direction (eigenvalues 1e-17 .. 1.4, as
+    the sift front end gave on the demo scene) fails Cholesky: it used to return 0, whose logit raised "math domain
+    error" inside Localizer.localize; it is now drawn from through its eigenvectors."""
+    rng = np.random.default_rng(7)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    w = np.array([-1.4e-17, 2.4e-11, 1.3e-8, 2.0e-3, 7.7e-3, 1.39])
+    cov = (Q * w) @ Q.T
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(0.5 * (cov + cov.T) + 1e-18 * np.eye(6))
+    p = gaussian_within(cov)
+    assert 0 < p < 1 and p == pytest.approx(gaussian_within((Q * np.clip(w, 1e-12, None)) @ Q.T), abs=0.02)
+    assert math.isfinite(Calibration().confidence(cov, np.zeros(5)))
+    lowest = gaussian_within(np.full((6, 6), np.nan))
+    assert 0 < lowest == gaussian_within(np.diag([1e6] * 6)) < 1e-3
+
+
 def test_confidence_learns_support_and_is_a_probability():
     """Negatives (no true pose) with low support: the fitted confidence is low for them, high for the good ones,
     and its ECE on fresh samples is small."""
