@@ -268,6 +268,7 @@ def test_mapper_records_tf_posed_keyframes(env, tmp_path):
     from reloc_ros.datasets import open_dataset
     from reloc_ros.geometry.pose import make_T, so3_exp
     from reloc_ros.ros.conversions import T_to_transform, ns_to_stamp, rgb_to_image_msg
+    from reloc_ros.ros.qos import latched_qos
     from reloc_ros.ros.runner import start_mapper
 
     out = tmp_path / "recorded"
@@ -277,7 +278,8 @@ def test_mapper_records_tf_posed_keyframes(env, tmp_path):
                      env=env, name="reloc_mapper_test", log_path=tmp_path / "mapper.log")
     cl = Client(int(env["ROS_DOMAIN_ID"]), "reloc_mapper_test")
     counts = []
-    cl.node.create_subscription(UInt32, "/reloc_mapper_test/frame_count", lambda m: counts.append(m.data), 10)
+    cl.node.create_subscription(UInt32, "/reloc_mapper_test/frame_count", lambda m: counts.append(m.data),
+                                latched_qos(10))  # latched: a count published before DDS matched us still arrives
     rng = np.random.default_rng(0)
     sent_T, sent_img = [], []
     try:

@@ -357,6 +357,7 @@ def test_mapper_build_map_service_end_to_end(env, frames, tmp_path):
     from reloc_ros.localizer import Localizer
     from reloc_ros.map_file import load_map
     from reloc_ros.ros.conversions import T_to_transform, ns_to_stamp, rgb_to_image_msg
+    from reloc_ros.ros.qos import latched_qos
     from reloc_ros.ros.runner import start_mapper
 
     name = "reloc_mapper_paths"
@@ -369,7 +370,7 @@ def test_mapper_build_map_service_end_to_end(env, frames, tmp_path):
                       "train_minutes": 1.0, "min_translation": 0.01},
                      env=env, name=name, log_path=tmp_path / "mapper.log")
     cl = Client(int(env["ROS_DOMAIN_ID"]), name)
-    counts = cl.record(UInt32, f"/{name}/frame_count", 10)
+    counts = cl.record(UInt32, f"/{name}/frame_count", latched_qos(10))  # latched: also if DDS matches us late
     progress = cl.record(String, f"/{name}/progress", 100)
     try:
         h.wait_active(timeout=120)

@@ -7,7 +7,7 @@ associated by stamp (nearest within ``max_time_offset``), times ``camera_to_pose
 the camera moved ``min_translation`` m or turned ``min_rotation_deg`` since the last recorded one. Output
 (``output_dir``): ``frame-NNNNNN.color.png``, ``frame-NNNNNN.pose.txt`` (4×4 camera-to-world), ``rgb-intrinsics.txt``
 (3×3 K; distorted images are undistorted first), ``mapping.txt`` (recorded names). ``~/frame_count``
-(std_msgs/UInt32) after every recorded frame. ``~/build_map`` (std_srvs/Trigger) trains the map in a background
+(std_msgs/UInt32, latched: reliable + transient-local) after every recorded frame. ``~/build_map`` (std_srvs/Trigger) trains the map in a background
 thread with ``reloc_ros.mapping.build.build_map`` (the code of ``reloc-map``), reporting on ``~/progress``
 (std_msgs/String); the map file is written atomically by the trainer. With ``build_reference`` the refinement
 reference model is built too; the recorder writes colour only, so its points are triangulated with pycolmap from
@@ -39,7 +39,7 @@ from .conversions import (InputError, camera_info_to_camera, check_image_against
                           pose_to_T, stamp_to_ns)
 from .localizer_node import check_param_changes, declare_params
 from .params import MAPPER_PARAMS, extrinsic_values, node_help, wants_help
-from .qos import image_qos
+from .qos import image_qos, latched_qos
 from .spin import InlineExecutor, spin_until_shutdown
 from .tf_buffer import TfBuffer, TfError, TfListener
 
@@ -141,7 +141,8 @@ class MapperNode(Node):
         self.tf_buffer = TfBuffer()
         self.tf_listener = TfListener(self, self.tf_buffer, callback_group=self._tf_group)
         qos = image_qos(str(p("image_qos")))
-        self.count_pub = self.create_publisher(UInt32, "~/frame_count", 10)
+        # latched: a subscriber that DDS matches after a frame was recorded still gets the current count
+        self.count_pub = self.create_publisher(UInt32, "~/frame_count", latched_qos())
         self.progress_pub = self.create_publisher(String, "~/progress", 10)
         self.create_subscription(CameraInfo, "camera_info", self._on_info, qos)
         self.create_subscription(Image, "image", self._on_image, qos)
