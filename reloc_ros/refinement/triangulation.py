@@ -27,7 +27,7 @@ from ..conf import merge_conf
 from ..geometry.pose import view_distance
 
 __all__ = ["DEFAULT_TRIANGULATION_CONF", "Triangulation", "TriangulationError", "triangulate_dataset",
-           "select_pairs", "colmap_to_pixel", "pixel_to_colmap"]
+           "select_pairs", "sift_options", "colmap_to_pixel", "pixel_to_colmap"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,17 @@ class Triangulation:
                              remap[self.obs_point[ok]], self.obs_image[ok], self.obs_uv[ok], list(self.image_indices),
                              self.poses, self.cameras, stats,
                              None if self.obs_keypoint is None else self.obs_keypoint[ok])
+
+
+def sift_options(max_features: int, first_octave: int, num_threads: int):
+    """COLMAP's feature-extraction options for SIFT (the triangulation's and the sift front end's queries alike:
+    a map and its queries must be extracted the same way). ``num_threads`` -1 = all cores."""
+    import pycolmap
+    opts = pycolmap.FeatureExtractionOptions()
+    opts.sift.max_num_features = int(max_features)
+    opts.sift.first_octave = int(first_octave)
+    opts.num_threads = int(num_threads)
+    return opts
 
 
 def select_pairs(poses: np.ndarray, num_neighbors: int, angle_weight_m: float = 0.5,
@@ -179,10 +190,7 @@ def triangulate_dataset(frames, conf: dict | None = None, work_dir=None, progres
             cameras.append(fr.camera)
         poses = np.stack(poses)
         # 2. SIFT features, one extraction call per distinct camera (the camera is given, not estimated).
-        ext = pycolmap.FeatureExtractionOptions()
-        ext.sift.max_num_features = int(conf["max_features"])
-        ext.sift.first_octave = int(conf["sift_first_octave"])
-        ext.num_threads = int(conf["num_threads"])
+        ext = sift_options(conf["max_features"], conf["sift_first_octave"], conf["num_threads"])
         for (model, _, _, params), group in groups.items():
             reader = pycolmap.ImageReaderOptions()
             reader.camera_model = model

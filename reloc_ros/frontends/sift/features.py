@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2  # before pycolmap: the other import order crashes in libpng when cv2 later writes a PNG
 import numpy as np
 
-from ...refinement.triangulation import colmap_to_pixel
+from ...refinement.triangulation import colmap_to_pixel, sift_options
 
 __all__ = ["SiftExtractor", "BagOfWords", "descriptors_to_float", "mutual_ratio_matches"]
 
@@ -28,11 +28,8 @@ class SiftExtractor:
 
     def __init__(self, max_features: int = 4096, first_octave: int = -1, num_threads: int = -1):
         import pycolmap
-        opts = pycolmap.FeatureExtractionOptions()
-        opts.sift.max_num_features = int(max_features)
-        opts.sift.first_octave = int(first_octave)
-        opts.num_threads = int(num_threads)
-        self._extractor = pycolmap.FeatureExtractor.create(opts, pycolmap.Device.cpu)
+        self._extractor = pycolmap.FeatureExtractor.create(sift_options(max_features, first_octave, num_threads),
+                                                           pycolmap.Device.cpu)
 
     def extract(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import pycolmap
