@@ -17,26 +17,58 @@ from pathlib import Path
 import numpy as np
 
 from .device import check_device
-from .frontends.base import LocalizationResult, RefinementInfo
+from .frontends.base import LocalizationResult, RefinementInfo, estimate_options
 from .frontends.registry import front_end_names, front_end_spec
 from .geometry.camera import Camera
 from .images import InputImageError, check_rgb_image
-from .map_file import MapFileError, load_map, reference_path
-from .uncertainty import Calibration, gaussian_within, support_features
+from .map_file import MapFileError, load_map, read_tensor, reference_path
+from .uncertainty import Calibration, gaussian_within, nearest_view_distance, support_features
 
 __all__ = ["Localizer", "InputImageError"]
 
 
 
 
+def _view_centres(map_path, reference=None, required: bool = False) -> np.ndarray | None:
+    """Camera centres (M, 3) of the mapped views: the reference model's images (``reference``, default beside the
+    map); None where there is none or, unless ``required``, it cannot be read (``uncertainty_warning`` then says
+    so when the calibration needs them)."""
+    ref = Path(reference) if reference is not None else reference_path(map_path)
+    if not ref.is_file():
+        return None
+    try:
+        poses = read_tensor(ref, "image_poses", kind="reference").numpy()
+    except MapFileError:
+        if required:
+            raise
+        return None
+    return np.asarray(poses[:, :3, 3], dtype=np.float64)
+
+
+def calibrated_options(metadata: dict, front_end_cls) -> dict:
+    """The front-end options a map's calibration was fitted with: as recorded (``calibrate_map``), else, for a map
+    calibrated before they were recorded, the front end's ``LEGACY_CALIBRATION_OPTIONS`` (the defaults of then
+    that differ from today's); {} for an uncalibrated map."""
+    entry = metadata.get("uncertainty") or {}
+    if not entry.get("stages"):
+        return {}
+    if "front_end_options" in entry:
+        return dict(entry["front_end_options"])
+    return dict(getattr(front_end_cls, "LEGACY_CALIBRATION_OPTIONS", {}))
+
+
 class Localizer:
     """A loaded map (front end) and, optionally, the featuremetric refiner of its reference model."""
 
     def __init__(self, front_end, refiner=None, map_path: str | Path | None = None, metadata: dict | None = None,
-                 position_sigma_floor_m: float = 0.0, rotation_sigma_floor_deg: float = 0.0):
+                 position_sigma_floor_m: float = 0.0, rotation_sigma_floor_deg: float = 0.0,
+                 view_centres: np.ndarray | None = None):
         """The covariance and confidence follow the map's calibration (metadata "uncertainty", fitted by reloc-map
         on held-out mapping frames, ``uncertainty.py``). ``*_sigma_floor_*``: an extra standard deviation (m, deg)
-        added in quadrature on top, for a user who knows the map's poses are worse than its calibration saw."""
+        added in quadrature on top, for a user who knows the map's poses are worse than its calibration saw.
+        ``view_centres`` (M, 3) world m: the mapped views' camera centres (the reference model's images), for the
+        calibration's growth with the distance to them."""
+        self.view_centres = None if view_centres is None else np.asarray(view_centres, dtype=np.float64)
         self.extra_floor = np.diag([position_sigma_floor_m ** 2] * 3 + [np.deg2rad(rotation_sigma_floor_deg) ** 2] * 3)
         self.front_end = front_end
         self.refiner = refiner
@@ -51,13 +83,24 @@ class Localizer:
     @property
     def uncertainty_warning(self) -> str | None:
         """A warning line when a stage in use has no calibration in the map (its covariance and confidence are then
-        the estimators' own: overconfident)."""
+        the estimators' own: overconfident), or when the front end runs with options other than those the
+        calibration was fitted with (``estimate_options``; recorded by ``calibrate_map``)."""
         missing = [s for s in (("front_end", "refined") if self.refine else ("front_end",)) if s not in self.calibration]
-        if not missing:
+        if not missing and self.view_centres is None and any(c.growth_per_m > 0 for c in self.calibration.values()):
+            return ("the map's calibration grows the covariance with the distance to the mapped views, but its "
+                    "reference model (their poses) is missing: covariances are too small away from them")
+        if missing:
+            return (f"the map has no uncertainty calibration for {' and '.join(missing)} poses: covariances are the "
+                    "estimators' own (too small) and confidence is uncalibrated; rebuild the map with reloc-map "
+                    "(--calibration-holdout > 0) or run reloc-calibrate on posed frames")
+        recorded = calibrated_options(self.metadata, type(self.front_end))
+        now = estimate_options(self.front_end)
+        changed = {k: (recorded[k], now[k]) for k in recorded if k in now and now[k] != recorded[k]}
+        if not changed:
             return None
-        return (f"the map has no uncertainty calibration for {' and '.join(missing)} poses: covariances are the "
-                "estimators' own (too small) and confidence is uncalibrated; rebuild the map with reloc-map "
-                "(--calibration-holdout > 0) or run reloc-calibrate on posed frames")
+        what = ", ".join(f"{k} {new!r} (calibrated: {old!r})" for k, (old, new) in sorted(changed.items()))
+        return (f"front-end options differ from the map's calibration: {what}; covariance and confidence are "
+                "calibrated for the recorded options (run reloc-calibrate to refit)")
 
     @property
     def front_end_name(self) -> str:
@@ -104,8 +147,10 @@ class Localizer:
                                f"does not have (it has {front_end_names()})")
         spec = front_end_spec(meta["front_end"])
         cls_ = spec.load_class()
+        # the options the map's calibration was fitted with are its defaults; the caller's win
+        front_end_options = {**calibrated_options(meta, cls_), **(front_end_options or {})}
         try:  # from_map validates the metadata against its METADATA_SCHEMA before building anything
-            front_end = cls_.from_map(tensors, meta, device=device, **(front_end_options or {}))
+            front_end = cls_.from_map(tensors, meta, device=device, **front_end_options)
         except MapFileError as e:
             raise MapFileError(f"{map_path}: {e}") from e
         refiner = None
@@ -119,7 +164,8 @@ class Localizer:
             # then the caller's options
             refiner_options = {**spec.refiner_defaults, **(refiner_options or {})}
             refiner = FeaturemetricRefiner.from_reference(ref, device=device, **refiner_options)
-        return cls(front_end, refiner, map_path, meta, **localizer_options)
+        return cls(front_end, refiner, map_path, meta, view_centres=_view_centres(map_path, reference, refine),
+                   **localizer_options)
 
     # ------------------------------------------------------------------------------------------------------------
     def localize(self, image: np.ndarray, camera: Camera, prior_T_world_cam: np.ndarray | None = None
@@ -149,9 +195,13 @@ class Localizer:
         stage = "refined" if result.refinement is not None and result.refinement.accepted else "front_end"
         raw = result.raw_covariance = result.covariance
         cal = self.calibration.get(stage)
-        result.covariance = (raw if cal is None else cal.covariance(raw)) + self.extra_floor
-        result.confidence = (gaussian_within(result.covariance) if cal is None
-                             else cal.confidence(result.covariance, support_features(result, raw)))
+        result.view_distance_m = nearest_view_distance(result.T_world_cam, self.view_centres)
+        if cal is None:
+            result.covariance = raw + self.extra_floor
+            result.confidence = gaussian_within(result.covariance)
+            return
+        result.covariance = cal.covariance(raw, result.view_distance_m) + self.extra_floor
+        result.confidence = cal.confidence(cal.covariance(raw) + self.extra_floor, support_features(result, raw))
 
     def refine_from_prior(self, image: np.ndarray, camera: Camera, T_world_cam_prior: np.ndarray
                           ) -> LocalizationResult:

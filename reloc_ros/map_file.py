@@ -18,14 +18,14 @@ from pathlib import Path
 
 import jsonschema
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .uncertainty import CALIBRATION_SCHEMA
 
 __all__ = ["MAP_FORMAT_VERSION", "MIN_FORMAT_VERSION", "BASE_SCHEMA", "MapFileError", "save_map", "load_map",
            "read_metadata", "check_metadata", "reference_path", "atomic_write_bytes", "atomic_torch_save",
-           "update_metadata"]
+           "update_metadata", "read_tensor"]
 
 MAP_FORMAT_VERSION = 1
 MIN_FORMAT_VERSION = 1
@@ -157,6 +157,21 @@ def read_metadata(path: str | os.PathLike) -> dict:
                               and version > MAP_FORMAT_VERSION else "re-map the scene"))
     check_metadata(meta, BASE_SCHEMA, path)
     return meta
+
+
+def read_tensor(path: str | os.PathLike, name: str, kind: str | None = None) -> torch.Tensor:
+    """One tensor of a map file, without reading the others (safetensors' lazy access); ``MapFileError`` when the
+    file is not a map file (of ``kind``), lacks ``name`` or is corrupt."""
+    meta = read_metadata(path)
+    if kind is not None and meta.get("kind") != kind:
+        raise MapFileError(f"{path}: this is a {meta.get('kind')!r} file, expected a {kind!r} file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if name not in f.keys():
+                raise MapFileError(f"{path}: the file has no tensor {name!r}")
+            return f.get_tensor(name)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MapFileError(f"{path}: cannot read tensor {name!r} (truncated or corrupt file?): {e}") from e
 
 
 def check_metadata(meta: dict, schema: dict, source) -> None:

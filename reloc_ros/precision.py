@@ -11,7 +11,7 @@ the second kind. So ``"auto"`` measures instead of assuming:
   since it is emulated). Otherwise a 256³ matmul pre-check, then the stage's own workload (its real shapes: the
   head's batch and width, the network at the map's image size) timed in both precisions, interleaved. bf16 is
   chosen only when it is at least ``BF16_MARGIN`` times faster (``decide``).
-- The choice is cached per CPU model, torch version, thread count and stage key in
+- The choice is cached per CPU model, instruction sets in use, torch version, thread count and stage key in
   ``$XDG_CACHE_HOME/reloc_ros/precision.json`` (``~/.cache`` by default), so a node starts without probing again.
 - ``RELOC_ROS_PRECISION=fp32|bf16`` makes every ``"auto"`` resolve to that value (CI forces the fp32 branch with it
   on a CPU where auto would pick bf16); explicitly requested precisions are never overridden.
@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 __all__ = ["PRECISIONS", "PRECISION_CHOICES", "ENV_VAR", "BF16_MARGIN", "PrecisionChoice", "autocast_context",
-           "check_precision", "decide", "resolve_precision", "cache_path", "cpu_model", "cpu_has_bf16_instructions"]
+           "check_precision", "decide", "resolve_precision", "cache_path", "cpu_model", "cpu_has_bf16_instructions",
+           "instruction_sets"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISION_CHOICES = ("auto",) + PRECISIONS
@@ -126,8 +127,17 @@ def cache_path() -> Path:
     return Path(base) / "reloc_ros" / "precision.json"
 
 
+def instruction_sets() -> str:
+    """The instruction sets torch's kernels use here: ATen's CPU capability (``ATEN_CPU_CAPABILITY`` caps it) and
+    oneDNN's cap (``ONEDNN_MAX_CPU_ISA``; e.g. ``AVX2`` makes an AVX-512 BF16 CPU run bf16 as an AVX2-only one
+    does: what CI's AVX2 pass sets). Part of the cache key, so a capped run never reuses an uncapped choice."""
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all"
+    return f"aten {torch.backends.cpu.get_cpu_capability()}, onednn {onednn}"
+
+
 def _cache_key(stage_key: str) -> str:
-    return f"{cpu_model()}|{platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{stage_key}"
+    return (f"{cpu_model()}|{platform.machine()}|{instruction_sets()}|torch {torch.__version__}|"
+            f"threads {torch.get_num_threads()}|{stage_key}")
 
 
 def _read_cache() -> dict:
@@ -245,7 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--exit-bf16", action="store_true", help="exit status 0 when auto picks bf16, else 1")
     args = p.parse_args(argv)
     choice = _standard_stage_probe()
-    print(f"{cpu_model()} (torch {torch.__version__}, {torch.get_num_threads()} threads): {choice.describe()}")
+    print(f"{cpu_model()} ({instruction_sets()}; torch {torch.__version__}, {torch.get_num_threads()} threads): "
+          f"{choice.describe()}")
     if args.exit_bf16:
         return 0 if choice.precision == "bf16" else 1
     return 0

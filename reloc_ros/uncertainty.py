@@ -12,10 +12,14 @@ about world axes (rad) (docs/architecture.md).
    ``Σ = c · (D Σ_est D + diag(f_p² I₃, f_r² I₃))`` with ``D = diag(√k_p I₃, √k_r I₃)``. Scales ``k`` and floors
    ``f`` (the map's own accuracy) are fitted jointly by 6-DoF maximum likelihood on the pose errors of mapping frames
    held out of the map, then ``c`` puts 95 % of those errors inside the 95 % ellipsoid (``fit_calibration``;
-   ``reloc-map`` does it, ``mapping/calibrate.py``). No constant is tuned by hand.
+   ``reloc-map`` does it, ``mapping/calibrate.py``). No constant is tuned by hand. Where the map has a reference
+   model, the covariance also grows with the distance ``d`` (m) from the pose to the nearest mapped view (camera
+   centres of the reference images): ``Σ · (1 + g·d)²`` (σ linear in d; ``g`` 1/m, fitted with the rest). Errors grow
+   away from the mapped views faster than the estimators' covariances do (7-Scenes: query frames lie a median 15 cm
+   from a mapped view, held-out mapping frames 6 cm; RESULTS_uncertainty.md).
 3. **Confidence**: the calibrated probability that the pose is within 10 cm / 5°:
    ``σ(logit P_N + βᵀz + β₀)``, with ``P_N`` the Gaussian probability of that region under the calibrated
-   covariance and ``z`` the support features (inliers, inlier ratio, weight mass, estimator spread), ``β`` fitted
+   covariance before the distance growth and ``z`` the support features (inliers, inlier ratio, weight mass, estimator spread), ``β`` fitted
    by L2-regularised logistic regression on the held-out frames and degraded copies of them (blurred, covered,
    mirrored), whose labels are their real errors.
 """
@@ -26,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["sandwich_covariance", "Calibration", "CalibrationSample", "fit_calibration", "gaussian_within", "is_correct",
+__all__ = ["sandwich_covariance", "nearest_view_distance", "Calibration", "CalibrationSample", "fit_calibration", "gaussian_within", "is_correct",
            "support_features", "expected_calibration_error", "CALIBRATION_SCHEMA", "WITHIN_M", "WITHIN_DEG",
            "STAGES"]
 
@@ -51,6 +55,14 @@ def sandwich_covariance(H: np.ndarray, meat: np.ndarray, n_obs: int | None = Non
         cov = cov * (n_obs / max(n_obs - H.shape[0], 1))
     cov = 0.5 * (cov + cov.T)
     return cov if np.all(np.isfinite(cov)) else None
+
+
+def nearest_view_distance(T_world_cam: np.ndarray, view_centres: np.ndarray | None) -> float | None:
+    """Distance (m) from the camera centre of ``T_world_cam`` to the nearest of ``view_centres`` (M, 3) world m
+    (the mapped views'); None without views."""
+    if view_centres is None or len(view_centres) == 0:
+        return None
+    return float(np.sqrt(((np.asarray(view_centres) - np.asarray(T_world_cam)[:3, 3]) ** 2).sum(1).min()))
 
 
 def is_correct(t_err_m: float, r_err_deg: float) -> bool:
@@ -103,27 +115,38 @@ def _logit(p: float) -> float:
 class Calibration:
     """One stage's calibration: ``k_*`` scales and ``f_*`` floors (m, rad) per block, common factor ``c``; the
     confidence model's ``beta`` over standardised ``FEATURES`` (``mean``/``std``) and intercept ``beta0``;
-    ``n_samples`` it was fitted on."""
+    ``n_samples`` it was fitted on; ``growth_per_m``: the covariance's growth with the distance to the nearest
+    mapped view (0: none)."""
 
     k_position: float = 1.0
     k_rotation: float = 1.0
     floor_m: float = 0.0
     floor_rad: float = 0.0
     c: float = 1.0
+    growth_per_m: float = 0.0
     beta: list = field(default_factory=lambda: [0.0] * len(FEATURES))
     beta0: float = 0.0
     mean: list = field(default_factory=lambda: [0.0] * len(FEATURES))
     std: list = field(default_factory=lambda: [1.0] * len(FEATURES))
     n_samples: int = 0
 
-    def covariance(self, raw: np.ndarray) -> np.ndarray:
-        """The calibrated covariance of an estimator covariance ``raw`` (6, 6), or of a stack (N, 6, 6)."""
+    def covariance(self, raw: np.ndarray, view_distance_m=None) -> np.ndarray:
+        """The calibrated covariance of an estimator covariance ``raw`` (6, 6), or of a stack (N, 6, 6), at
+        ``view_distance_m`` (m, scalar or (N,)) from the nearest mapped view (None: 0, the growth is not applied)."""
         d = np.sqrt(np.r_[[self.k_position] * 3, [self.k_rotation] * 3])
         floor = np.r_[[self.floor_m ** 2] * 3, [self.floor_rad ** 2] * 3]
-        return self.c * (d[:, None] * np.asarray(raw) * d[None, :] + np.diag(floor))
+        cov = self.c * (d[:, None] * np.asarray(raw) * d[None, :] + np.diag(floor))
+        if view_distance_m is None or self.growth_per_m == 0:
+            return cov
+        grow = (1.0 + self.growth_per_m * np.asarray(view_distance_m, dtype=np.float64)) ** 2
+        return cov * (grow[..., None, None] if np.ndim(grow) else grow)
 
     def confidence(self, calibrated_cov: np.ndarray, features: np.ndarray) -> float:
-        """P(within 10 cm / 5°) from the calibrated covariance and the support features."""
+        """P(within 10 cm / 5°) from the calibrated covariance *without* the distance growth (``covariance(raw)``:
+        the model is fitted on held-out frames near mapped views) and the support features. The growth widens
+        the published covariance, not the confidence: on 7-Scenes redkitchen (dSLAM poses) a P_N from the grown
+        covariance cut the refined poses' availability from 100 to 87 % at no false-accept gain
+        (RESULTS_uncertainty.md), while the confidence without it keeps its ECE at 0.01-0.02."""
         z = (np.asarray(features) - np.asarray(self.mean)) / np.asarray(self.std)
         x = _logit(gaussian_within(calibrated_cov)) + float(np.dot(self.beta, z)) + self.beta0
         return float(1 / (1 + math.exp(-np.clip(x, -50, 50))))
@@ -143,34 +166,47 @@ _STAGE_SCHEMA = {"type": "object", "additionalProperties": False,
                  "required": ["k_position", "k_rotation", "floor_m", "floor_rad", "c", "beta", "beta0", "mean", "std"],
                  "properties": {"k_position": _POS, "k_rotation": _POS, "floor_m": {"type": "number", "minimum": 0},
                                 "floor_rad": {"type": "number", "minimum": 0}, "c": _POS, "beta": _VEC,
-                                "beta0": _NUM, "mean": _VEC, "std": _VEC, "n_samples": {"type": "integer"}}}
+                                "beta0": _NUM, "mean": _VEC, "std": _VEC, "n_samples": {"type": "integer"},
+                                "growth_per_m": {"type": "number", "minimum": 0}}}
 # The map metadata's "uncertainty" entry (map_file.BASE_SCHEMA).
 CALIBRATION_SCHEMA = {"type": "object", "required": ["stages"],
                       "properties": {"stages": {"type": "object", "additionalProperties": False,
                                                 "properties": {s: _STAGE_SCHEMA for s in STAGES}},
-                                     "holdout": {"type": "object"}}}
+                                     "holdout": {"type": "object"},
+                                     # the front end's options the calibration localized with (those that shape
+                                     # the estimates: not precision or backend); the Localizer uses them as the
+                                     # map's defaults, so a map is queried as it was calibrated
+                                     "front_end_options": {"type": "object"}}}
 
 
 @dataclass
 class CalibrationSample:
     """One localized calibration image: ``error`` (6,) against its true pose (None: no true pose, e.g. a
-    mirrored image: any pose is wrong), the stage's estimator covariance ``raw`` (6, 6) and ``features``."""
+    mirrored image: any pose is wrong), the stage's estimator covariance ``raw`` (6, 6), ``features``, and the
+    pose's distance to the nearest mapped view (m; None where the map has no reference model)."""
 
     error: np.ndarray | None
     raw: np.ndarray
     features: np.ndarray
+    view_distance_m: float | None = None
 
     @property
     def correct(self) -> bool:
         return self.error is not None and is_correct(*_error_m_deg(self.error))
 
 
-def _nll(params, E: np.ndarray, C: np.ndarray) -> float:
-    """6-DoF Gaussian negative log-likelihood of errors E (N, 6) under ``Calibration`` (log k_p, log k_r, log f_p,
-    log f_r) applied to estimator covariances C (N, 6, 6): the joint fit keeps the position-rotation coupling of
-    each pose (fitting the blocks one by one left 6-DoF NEES far above the blocks' on 7-Scenes)."""
-    cal = Calibration(*[math.exp(x) for x in params])
-    S = cal.covariance(C)
+def _calibration_of(params) -> Calibration:
+    """``Calibration`` of the fitted parameters (log k_p, log k_r, log f_p, log f_r[, log g])."""
+    k_p, k_r, f_p, f_r = (math.exp(x) for x in params[:4])
+    return Calibration(k_p, k_r, f_p, f_r, growth_per_m=math.exp(params[4]) if len(params) > 4 else 0.0)
+
+
+def _nll(params, E: np.ndarray, C: np.ndarray, dist: np.ndarray | None = None) -> float:
+    """6-DoF Gaussian negative log-likelihood of errors E (N, 6) under ``Calibration`` (``_calibration_of``)
+    applied to estimator covariances C (N, 6, 6) at view distances ``dist`` (N,): the joint fit keeps the
+    position-rotation coupling of each pose (fitting the blocks one by one left 6-DoF NEES far above the blocks' on
+    7-Scenes)."""
+    S = _calibration_of(params).covariance(C, dist)
     sign, logdet = np.linalg.slogdet(S)
     if np.any(sign <= 0):
         return 1e12
@@ -178,8 +214,9 @@ def _nll(params, E: np.ndarray, C: np.ndarray) -> float:
     return float(0.5 * (logdet + q).sum())
 
 
-def _fit_covariance(E: np.ndarray, C: np.ndarray) -> Calibration:
-    """Scales and floors by maximum likelihood, started from the median error² / trace ratio of each block."""
+def _fit_covariance(E: np.ndarray, C: np.ndarray, dist: np.ndarray | None = None) -> Calibration:
+    """Scales and floors (and the growth with ``dist`` when given) by maximum likelihood, started from the median
+    error² / trace ratio of each block and a growth of 1/(10 cm)."""
     from scipy.optimize import minimize
     x0 = []
     for sl in (slice(0, 3), slice(3, 6)):
@@ -187,9 +224,14 @@ def _fit_covariance(E: np.ndarray, C: np.ndarray) -> Calibration:
         x0.append(math.log(max(float(np.median((E[:, sl] ** 2).sum(1) / tr)), 1e-12)))
     x0 += [math.log(0.3 * float(np.sqrt(np.median((E[:, sl] ** 2).sum(1)) / 3)) + 1e-12)
            for sl in (slice(0, 3), slice(3, 6))]
-    res = minimize(_nll, x0=x0, args=(E, C), method="Nelder-Mead",
-                   options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 4000})
-    return Calibration(*[math.exp(x) for x in res.x])
+    if dist is not None:
+        x0.append(math.log(10.0))
+    res = minimize(_nll, x0=x0, args=(E, C, dist), method="Nelder-Mead",
+                   options={"xatol": 1e-4, "fatol": 1e-6, "maxiter": 8000})
+    cal = _calibration_of(res.x)
+    if cal.growth_per_m < 1e-3:       # 1 mm per metre: none
+        cal.growth_per_m = 0.0
+    return cal
 
 
 def _fit_confidence(cal: Calibration, samples: list, l2: float) -> None:
@@ -216,7 +258,8 @@ def _fit_confidence(cal: Calibration, samples: list, l2: float) -> None:
 def fit_calibration(samples: list, l2: float = 1.0) -> Calibration:
     """Fit one stage's ``Calibration`` on ``CalibrationSample``s. The covariance is fitted on the correct-ish
     samples (true pose known, within 25 cm / 10°: gross failures are the gate's business, not the covariance's);
-    the confidence on all. A ValueError with fewer than 8 such samples."""
+    the confidence on all. The growth with the view distance is fitted when every such sample has one. A
+    ValueError with fewer than 8 such samples."""
     from .gating import is_false_accept
     good = [s for s in samples if s.error is not None and not is_false_accept(*_error_m_deg(s.error))]
     if len(good) < 8:
@@ -224,9 +267,11 @@ def fit_calibration(samples: list, l2: float = 1.0) -> Calibration:
                          "held-out frames are too few or the map is poor")
     E = np.array([s.error for s in good])
     C = np.array([s.raw for s in good])
-    cal = _fit_covariance(E, C)
+    dist = None if any(s.view_distance_m is None for s in good) else np.array([s.view_distance_m for s in good])
+    cal = _fit_covariance(E, C, dist)
     cal.n_samples = len(samples)
-    nees6 = np.array([e @ np.linalg.solve(cal.covariance(c), e) for e, c in zip(E, C)])
+    S = cal.covariance(C, dist)
+    nees6 = np.einsum("ni,ni->n", E, np.linalg.solve(S, E[..., None])[..., 0])
     cal.c = float(max(np.quantile(nees6, 0.95) / CHI2_95_6, 1e-6)) if len(good) >= 20 else 1.0
     _fit_confidence(cal, samples, l2)
     return cal

@@ -79,10 +79,13 @@ def demo_map_ace(demo_scene_root):
     mapping = (demo_scene_root / "mapping.txt").read_text().split()
     names = mapping[:120:20]
     calib_names = [mapping[i + k] for i in range(0, 120, 20) for k in (1, 2, 3)]   # the map's neighbourhood
+    from reloc_ros.precision import instruction_sets
+    # the instruction sets too: .ci/run's AVX2 pass must train its own map, in the precision auto picks there
     h = hashlib.sha256(json.dumps([DEMO_MAP_ACE_CONF, names, demo_scene_root.name,
-                                   os.environ.get("RELOC_ROS_PRECISION", "auto")]).encode())
+                                   os.environ.get("RELOC_ROS_PRECISION", "auto"), instruction_sets()]).encode())
     for src in sorted((REPO / "reloc_ros" / "frontends" / "ace").glob("*.py")) + [
-            REPO / "reloc_ros" / f for f in ("xfeat.py", "uncertainty.py", "mapping/calibrate.py", "estimators/pnp.py")]:
+            REPO / "reloc_ros" / f for f in ("xfeat.py", "uncertainty.py", "mapping/calibrate.py", "estimators/pnp.py",
+                                             "localizer.py")]:
         h.update(src.read_bytes())
     out = REPO / "data" / "test_maps" / h.hexdigest()[:16] / "demo6.map.safetensors"
     if not out.is_file():

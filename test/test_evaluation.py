@@ -168,6 +168,9 @@ def test_plots_are_written(tmp_path):
     paths = plot_all(tmp_path / "plots", stamps, gt, stamps[::2], est, stamps, t, r, rng.gamma(5, 10, 30),
                      title="test")
     assert set(paths) == {"trajectory", "errors_over_time", "error_cdf", "latency_hist"}
+    from reloc_ros.evaluation.plots import plot_nees_vs_view_distance
+    paths["nees_vs_view_distance"] = plot_nees_vs_view_distance(tmp_path / "plots" / "nd.png", rng.uniform(0, .5, 30),
+                                                                rng.chisquare(6, 30), title="test")
     for p in paths.values():
         data = open(p, "rb").read()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

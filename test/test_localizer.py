@@ -44,6 +44,43 @@ def test_an_uncalibrated_map_is_flagged(demo_map_ace, tmp_path):
     assert "no uncertainty calibration for front_end" in loc.uncertainty_warning and not loc.calibration
 
 
+def test_the_covariance_grows_with_the_distance_to_the_mapped_views(demo_map_ace, demo_scene_root, tmp_path):
+    """With a reference model beside the map, each pose gets its distance to the nearest mapped view (the
+    reference images' centres) and the calibration's growth applies; without it, the map is flagged."""
+    import shutil
+
+    from reloc_ros.map_file import read_metadata, reference_path, update_metadata
+    from reloc_ros.refinement import build_reference
+    from reloc_ros.uncertainty import nearest_view_distance
+
+    path, names = demo_map_ace
+    m = tmp_path / "m.map.safetensors"
+    shutil.copy(path, m)
+    entry = read_metadata(m)["uncertainty"]
+    entry["stages"]["front_end"]["growth_per_m"] = 20.0
+    update_metadata(m, {"uncertainty": entry})
+    mapping = open_dataset(demo_scene_root, frames=names)
+    build_reference(mapping, reference_path(m), {"pca_images": 6})
+    mapped = (demo_scene_root / "mapping.txt").read_text().split()
+    frame = open_dataset(demo_scene_root, frames=[mapped[30]])[0]     # between two mapped views (every 20th)
+    loc = Localizer.from_map(m)
+    r = loc.localize(frame.image, frame.camera)
+    centres = np.array([f.T_world_cam[:3, 3] for f in mapping])
+    assert r.success and r.view_distance_m == pytest.approx(nearest_view_distance(r.T_world_cam, centres), abs=1e-6)
+    assert 0.01 < r.view_distance_m < 1.0
+    cal = loc.calibration["front_end"]
+    np.testing.assert_allclose(r.covariance, cal.covariance(r.raw_covariance) * (1 + 20.0 * r.view_distance_m) ** 2,
+                               rtol=1e-9)
+    # the confidence is the calibration's model of the covariance before the growth (uncertainty.Calibration)
+    support = support_features(r, r.raw_covariance)
+    assert r.confidence == pytest.approx(cal.confidence(cal.covariance(r.raw_covariance), support), abs=1e-12)
+    assert loc.uncertainty_warning is None
+    reference_path(m).unlink()
+    bare = Localizer.from_map(m)
+    assert "reference model (their poses) is missing" in bare.uncertainty_warning
+    assert bare.localize(frame.image, frame.camera).view_distance_m is None
+
+
 def test_bad_inputs_get_clear_errors(demo_map_ace, tmp_path):
     path, _ = demo_map_ace
     loc = Localizer.from_map(path)

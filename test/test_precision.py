@@ -114,3 +114,30 @@ def test_a_loaded_map_reports_the_precision_of_every_stage(demo_map_ace, monkeyp
     monkeypatch.delenv(P.ENV_VAR)
     explicit = Localizer.from_map(demo_map_ace[0], front_end_options={"encoder_precision": "bf16"})
     assert explicit.precision["ace_encoder"] == "bf16" and explicit.precision["ace_head"] in ("fp32", "bf16")
+
+
+def test_a_choice_made_with_other_instruction_sets_is_probed_again(monkeypatch, bf16_capable):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(P, "_matmul_workload", lambda: _costed(0.02, 0.001))
+    assert P.resolve_precision("auto", "cpu", "stage", _costed(0.02, 0.001), "a").precision == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")        # the key changes with the cap: not a cache hit
+    assert "onednn AVX2" in P.instruction_sets()
+    monkeypatch.setattr(P, "_matmul_workload", lambda: _costed(0.001, 0.02))
+    choice = P.resolve_precision("auto", "cpu", "stage", _costed(0.001, 0.02), "a")
+    assert choice.source in ("probe", "precheck") and choice.precision == "fp32"
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="the AVX2 cap exists on x86 only")
+def test_auto_picks_fp32_when_the_kernels_are_capped_at_avx2(tmp_path):
+    """What .ci/run's second pass relies on: an AVX-512 / AMX CPU capped at AVX2 runs bf16 as an AVX2-only CPU does
+    (emulated, far slower), and the real probe then picks fp32."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop(P.ENV_VAR, None)
+    proc = subprocess.run([sys.executable, "-m", "reloc_ros.precision", "--exit-bf16"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr       # 1: fp32
+    assert "aten AVX2, onednn AVX2" in proc.stdout and "ace_train: fp32" in proc.stdout

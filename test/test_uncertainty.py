@@ -10,7 +10,7 @@ from scipy.stats import chi2
 from reloc_ros.evaluation.consistency import consistency_summary
 from reloc_ros.mapping.calibrate import split_holdout
 from reloc_ros.uncertainty import (CHI2_95_6, Calibration, CalibrationSample, expected_calibration_error,
-                                   fit_calibration, gaussian_within, sandwich_covariance)
+                                   fit_calibration, gaussian_within, nearest_view_distance, sandwich_covariance)
 
 
 def test_chi2_constant():
@@ -49,6 +49,54 @@ def test_calibration_fit_recovers_the_model_and_covers_95_percent():
     summary = consistency_summary([s.error for s in fresh], [cal.covariance(s.raw) for s in fresh])
     assert 0.92 <= summary["nees_inside_95"] <= 0.98
     assert 0.8 <= summary["nees_mean"] / 6 <= 1.2
+
+
+def _growing_samples(rng, n, growth, d_max):
+    """Samples whose true covariance is 200·raw · (1 + growth·d)², d uniform in [0, d_max] m."""
+    out = []
+    for _ in range(n):
+        A = rng.standard_normal((6, 6)) * 1e-3
+        raw = A @ A.T * 10 ** rng.uniform(-1, 0.5) + 1e-12 * np.eye(6)
+        d = float(rng.uniform(0, d_max))
+        true = Calibration(200.0, 200.0, growth_per_m=growth).covariance(raw, d)
+        out.append(CalibrationSample(rng.multivariate_normal(np.zeros(6), true), raw,
+                                     np.array([5.0, 0.5, 5.0, -7.0, 0.0]) + rng.normal(0, .1, 5), d))
+    return out
+
+
+def test_calibration_fits_the_growth_with_the_distance_to_the_mapped_views():
+    """Fitted on samples 0-20 cm from the mapped views (as held-out mapping frames are), the growth carries the
+    coverage to samples 20-50 cm away (as query frames are); without the distances, the far samples are
+    overconfident (the refined stage's problem on 7-Scenes)."""
+    rng = np.random.default_rng(11)
+    near = _growing_samples(rng, 300, growth=10.0, d_max=0.2)
+    cal = fit_calibration(near)
+    assert cal.growth_per_m == pytest.approx(10.0, rel=0.35)
+    far = [s for s in _growing_samples(rng, 1500, growth=10.0, d_max=0.5) if s.view_distance_m > 0.2]
+    inside = consistency_summary([s.error for s in far], [cal.covariance(s.raw, s.view_distance_m) for s in far])
+    assert 0.9 <= inside["nees_inside_95"] <= 0.99
+    blind = fit_calibration([CalibrationSample(s.error, s.raw, s.features) for s in near])
+    assert blind.growth_per_m == 0.0
+    assert consistency_summary([s.error for s in far], [blind.covariance(s.raw) for s in far])["nees_inside_95"] < 0.85
+
+
+def test_calibration_growth_scales_the_covariance_and_old_calibrations_have_none():
+    raw = np.diag([1e-4] * 3 + [1e-6] * 3)
+    cal = Calibration(4.0, 9.0, growth_per_m=5.0)
+    np.testing.assert_allclose(cal.covariance(raw, 0.2), cal.covariance(raw) * 4.0)    # (1 + 5·0.2)² = 4
+    np.testing.assert_allclose(cal.covariance(raw, None), cal.covariance(raw, 0.0))
+    stack = cal.covariance(np.stack([raw, raw]), np.array([0.0, 0.2]))
+    np.testing.assert_allclose(stack[1], 4.0 * stack[0])
+    old = {k: v for k, v in cal.as_dict().items() if k != "growth_per_m"}
+    assert Calibration.from_dict(old).growth_per_m == 0.0
+
+
+def test_nearest_view_distance():
+    T = np.eye(4)
+    T[:3, 3] = [1.0, 2.0, 3.0]
+    centres = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.5], [1.0, 5.0, 3.0]])
+    assert nearest_view_distance(T, centres) == pytest.approx(0.5)
+    assert nearest_view_distance(T, None) is None and nearest_view_distance(T, np.zeros((0, 3))) is None
 
 
 def test_calibration_needs_enough_good_samples():

@@ -123,6 +123,7 @@ def _run_query(localizer, frame, k: int, gate: GateThresholds, out_of_map: bool)
              "success": bool(res.success), "reason": res.reason, "accepted": gate_reason == "ok",
              "gate_reason": gate_reason, "t_err_m": te, "r_err_deg": re, "confidence": float(res.confidence),
              "inlier_count": int(res.inlier_count), "latency_ms": res.timings_ms.get("total", wall_ms),
+             "view_distance_m": res.view_distance_m,
              "refinement_ran": ref is not None and bool(ref.ran),
              "refinement_accepted": bool(ref.accepted) if ref else None,
              "refinement_reason": ref.reason if ref else "", "refinement_init": ref.init if ref else "",
@@ -206,6 +207,12 @@ def _write_extras(out: dict, runs: list[dict], plots_dir, tum_dir) -> None:
                 Path(plots_dir) / "reliability.png", *_confidence_and_correct(ok), title=title))
             out["plots"]["nees_cdf"] = str(plot_nees_cdf(Path(plots_dir) / "nees_cdf.png", out["nees_values"],
                                                          title=title))
+            far = [q for q in ok if q["nees"] is not None and q.get("view_distance_m") is not None]
+            if far:
+                from .plots import plot_nees_vs_view_distance
+                out["plots"]["nees_vs_view_distance"] = str(plot_nees_vs_view_distance(
+                    Path(plots_dir) / "nees_vs_view_distance.png", [q["view_distance_m"] for q in far],
+                    [q["nees"] for q in far], title=title))
     if tum_dir is not None:
         tum_dir = Path(tum_dir)
         write_tum(tum_dir / "groundtruth.tum", stamps, gt_poses)

@@ -159,6 +159,23 @@ def plot_nees_cdf(path, nees_values, dof: int = 6, title: str = "") -> Path:
     return _save(fig, path)
 
 
+def plot_nees_vs_view_distance(path, view_distance_m, nees_values, dof: int = 6, title: str = "") -> Path:
+    """NEES of each pose against its distance to the nearest mapped view, with the χ² 95 % line: a covariance that
+    does not grow with the distance shows as points rising above the line to the right."""
+    from scipy.stats import chi2
+    d = np.asarray(view_distance_m, dtype=np.float64) * 100
+    v = np.asarray(nees_values, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter(d, v, s=6, alpha=0.6, color="tab:blue")
+    ax.axhline(chi2.ppf(0.95, dof), color="k", ls="--", lw=1, label=f"χ²{dof} 95 %")
+    ax.set_yscale("log")
+    ax.set_xlabel("distance to the nearest mapped view (cm)")
+    ax.set_ylabel("NEES eᵀΣ⁻¹e")
+    ax.legend(loc="upper left")
+    ax.set_title(f"covariance vs distance to the map {title}".strip())
+    return _save(fig, path)
+
+
 def plot_all(out_dir, gt_stamps_ns, gt_poses, est_stamps_ns, est_poses, err_stamps_ns, t_err_m, r_err_deg,
              latency_ms, title: str = "") -> dict:
     """Write the four plots into ``out_dir``; returns ``{name: path}``."""

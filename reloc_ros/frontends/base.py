@@ -8,7 +8,7 @@ import numpy as np
 
 from ..geometry.camera import Camera
 
-__all__ = ["LocalizationResult", "RefinementInfo", "FrontEnd", "load_weights"]
+__all__ = ["estimate_options", "LocalizationResult", "RefinementInfo", "FrontEnd", "load_weights"]
 
 
 @dataclass
@@ -50,9 +50,14 @@ class LocalizationResult:
     refinement: RefinementInfo | None = None
     dense_features: dict | None = field(default=None, repr=False)
     raw_covariance: np.ndarray | None = field(default=None, repr=False)  # the estimator's, before calibration
+    view_distance_m: float | None = None   # from the pose to the nearest mapped view (m; set by the Localizer
+                                           # where the map has a reference model; the calibration's input)
 
 
 class FrontEnd(Protocol):
+    """Optional members: ``options`` (dict, the merged options) and ``RUNTIME_OPTIONS`` (names among them that
+    change the speed, not the estimates); a map's calibration records the other options (``estimate_options``)."""
+
     name: str
     METADATA_SCHEMA: dict   # JSON Schema of the map metadata this front end reads (map_file.check_metadata)
 
@@ -60,6 +65,13 @@ class FrontEnd(Protocol):
     def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "FrontEnd": ...
 
     def localize(self, image: np.ndarray, camera: Camera) -> LocalizationResult: ...
+
+
+def estimate_options(front_end) -> dict:
+    """The front end's options that shape its estimates (all of ``options`` but ``RUNTIME_OPTIONS``): what a map's
+    calibration is fitted with and records; {} for a front end without ``options``."""
+    runtime = set(getattr(front_end, "RUNTIME_OPTIONS", ()))
+    return {k: v for k, v in dict(getattr(front_end, "options", {}) or {}).items() if k not in runtime}
 
 
 def load_weights(module, state_dict: dict, what: str) -> None:

@@ -4,7 +4,7 @@
 (``split_holdout``), then calls ``calibrate_map`` on them; ``reloc-calibrate`` does the same for an existing map
 and any posed frames of its scene that it was not built from::
 
-    reloc-calibrate --map MAP --dataset DIR [--frames LIST] [--no-refine] [--device D]
+    reloc-calibrate --map MAP --dataset DIR [--frames LIST] [--no-refine] [--device D] [--front-end-options JSON]
 
 Each held-out frame is localized as it is and as degraded copies (``DEGRADATIONS``: blurred, 80 % covered,
 mirrored; a mirrored image has no true pose, so any pose of it is wrong), by the front end alone and with the
@@ -13,6 +13,7 @@ refinement; their errors fit one ``Calibration`` per stage, written into the map
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,8 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..evaluation.consistency import pose_error_vector
+from ..frontends.base import estimate_options
 from ..map_file import read_metadata, reference_path, update_metadata
-from ..uncertainty import CalibrationSample, fit_calibration, support_features
+from ..uncertainty import STAGES, CalibrationSample, fit_calibration, support_features
 
 __all__ = ["DEFAULT_CALIBRATION_CONF", "split_holdout", "collect_samples", "calibrate_map", "main"]
 
@@ -37,6 +39,11 @@ DEFAULT_CALIBRATION_CONF = {
     "block_frames": 25,
     "degradations": ["blur", "cover", "mirror"],
     "l2": 1.0,                 # L2 weight of the confidence model's logistic regression
+    # Stages whose covariance grows with the distance to the nearest mapped view (fitted, uncertainty.py; needs a
+    # reference model). Measured on 7-Scenes redkitchen (RESULTS_uncertainty.md): the refined poses' errors grow
+    # with it (95 % ellipsoid on the queries 67 -> 90 % SfM, 36 -> 7x % dSLAM); ACE's do not enough to fit it on
+    # 50 held-out frames (its fitted growth made the query covariance too wide: 100 % inside, ECE 0.04 -> 0.17).
+    "distance_growth_stages": ["refined"],
 }
 
 
@@ -84,7 +91,7 @@ def _sample(loc, image, camera, T_true, stage: str) -> CalibrationSample | None:
     if (stage == "refined") != bool(r.refinement is not None and r.refinement.accepted):
         return None
     error = None if T_true is None else pose_error_vector(r.T_world_cam, T_true)
-    return CalibrationSample(error, r.raw_covariance, support_features(r, r.raw_covariance))
+    return CalibrationSample(error, r.raw_covariance, support_features(r, r.raw_covariance), r.view_distance_m)
 
 
 def collect_samples(localizers: dict, dataset, degradations, progress: bool = True) -> dict:
@@ -105,31 +112,40 @@ def collect_samples(localizers: dict, dataset, degradations, progress: bool = Tr
 
 
 def calibrate_map(map_path, dataset, refine: bool | None = None, device: str = "cpu", conf: dict | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, front_end_options: dict | None = None) -> dict:
     """Fit the map's calibration on the posed frames ``dataset`` (not used to build the map) and write it into the
     map file; returns the metadata entry. ``refine`` None: calibrate the refined stage when the map has a
-    reference model. Raises ValueError when too few frames localize."""
+    reference model. ``front_end_options``: over those the map records (else the defaults); the entry records
+    the ones used (``estimate_options``), which then become the map's defaults. Raises ValueError when too few
+    frames localize."""
     from ..conf import merge_conf
     from ..localizer import Localizer
     c = merge_conf(DEFAULT_CALIBRATION_CONF, conf or {}, "calibration")
     for d in c["degradations"]:
         if d not in DEGRADATIONS:
             raise ValueError(f"unknown calibration degradation {d!r}; choose from {sorted(DEGRADATIONS)}")
+    for st in c["distance_growth_stages"]:
+        if st not in STAGES:
+            raise ValueError(f"unknown calibration stage {st!r} in distance_growth_stages; choose from {list(STAGES)}")
     if refine is None:
         refine = reference_path(map_path).is_file()
-    locs = {"front_end": Localizer.from_map(map_path, device=device)}
+    locs = {"front_end": Localizer.from_map(map_path, device=device, front_end_options=front_end_options)}
     if refine:
-        locs["refined"] = Localizer.from_map(map_path, device=device, refine=True)
+        locs["refined"] = Localizer.from_map(map_path, device=device, refine=True,
+                                             front_end_options=front_end_options)
     samples = collect_samples(locs, dataset, c["degradations"], progress)
     stages = {}
     for stage, ss in samples.items():
+        if stage not in c["distance_growth_stages"]:
+            ss = [dataclasses.replace(s, view_distance_m=None) for s in ss]
         try:
             stages[stage] = fit_calibration(ss, l2=float(c["l2"])).as_dict()
         except ValueError as e:
             raise ValueError(f"{map_path}: cannot calibrate the {stage} poses: {e}") from e
     entry = {"stages": stages, "holdout": {"frames": len(dataset), "names": list(getattr(dataset, "names", [])),
                                            "degradations": list(c["degradations"]),
-                                           "samples": {k: len(v) for k, v in samples.items()}}}
+                                           "samples": {k: len(v) for k, v in samples.items()}},
+             "front_end_options": estimate_options(locs["front_end"].front_end)}
     update_metadata(map_path, {"uncertainty": entry})
     return entry
 
@@ -150,21 +166,27 @@ def main(argv=None) -> int:
                    "refined poses when the map has a reference model)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--conf", default="{}", help="JSON object of calibration options (keys of DEFAULT_CALIBRATION_CONF)")
+    p.add_argument("--front-end-options", default="{}", metavar="JSON",
+                   help="front-end options to calibrate with, over those the map records, e.g. '{\"cell_stride\": 4}'; "
+                        "the map records them and localizes with them from then on")
     args = p.parse_args(argv)
     try:
         device = check_device(args.device)
         conf = parse_json_object(args.conf, "--conf")
+        fe_options = parse_json_object(args.front_end_options, "--front-end-options")
         merge_conf(DEFAULT_CALIBRATION_CONF, conf, "calibration")     # unknown keys refused before any work
         read_metadata(args.map)
         frames = args.frames.split(",") if args.frames and "," in args.frames else args.frames
         ds = open_dataset(args.dataset, frames=frames, intrinsics=args.intrinsics)
-        entry = calibrate_map(args.map, ds, refine=False if args.no_refine else None, device=device, conf=conf)
+        entry = calibrate_map(args.map, ds, refine=False if args.no_refine else None, device=device, conf=conf,
+                              front_end_options=fe_options)
     except (ValueError, FileNotFoundError, MapFileError) as e:
         print(f"reloc-calibrate: error: {e}", file=sys.stderr)
         return 2
     for stage, cal in entry["stages"].items():
         print(f"[reloc-calibrate] {stage}: scale position {cal['k_position']:.3g}, rotation {cal['k_rotation']:.3g}, "
-              f"floor {cal['floor_m'] * 100:.2f} cm / {np.degrees(cal['floor_rad']):.2f} deg, factor {cal['c']:.2f} "
+              f"floor {cal['floor_m'] * 100:.2f} cm / {np.degrees(cal['floor_rad']):.2f} deg, factor {cal['c']:.2f}, "
+              f"sigma growth {cal.get('growth_per_m', 0.0):.3g} per m from the mapped views "
               f"({entry['holdout']['samples'][stage]} samples)")
     print(f"[reloc-calibrate] wrote the calibration into {args.map}")
     return 0

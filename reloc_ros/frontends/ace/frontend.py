@@ -30,8 +30,11 @@ DEFAULT_OPTIONS = {
     "min_inliers": 30,         # fewer → success False, reason "too_few_inliers"
     "num_cells": None,         # cells passed to the head and RANSAC, best XFeat reliability first; None = all (the
                                # reliability top-2000 lost 6 points of 10cm/5° recall on 7-Scenes: RESULTS_ace.md)
-    "cell_stride": 2,          # 2: a checkerboard of the cells (half of them, uniform coverage) goes to the head and
-                               # RANSAC; 1 = all cells. 7-Scenes, 400 queries: the same accuracy, 15 ms less
+    "cell_stride": 4,          # s: the cells whose (row + column) % s == 0 go to the head and RANSAC (2: a
+                               # checkerboard, half of them; 4: a quarter, still uniform; 1 = all). 7-Scenes, 400
+                               # queries, maps calibrated with each: 4 and 2 the same accuracy on both pose sets,
+                               # ± refinement; 4 is 5-12 ms faster (bf16) and ~20 ms on the fp32 branch
+                               # (benchmarks/RESULTS.md, "cell_stride")
     "encoder_precision": "auto",  # encoder autocast: "auto" (measured: bf16 only where it is faster, precision.py) |
                                # "fp32" (as the training buffer) | "bf16" | "fp16" (CUDA). On an AMX CPU bf16 has the
                                # same accuracy as fp32 on 7-Scenes (400 queries), 6 ms less (RESULTS_ace.md); on an
@@ -70,6 +73,10 @@ class AceFrontEnd:
 
     name = "ace"
     METADATA_SCHEMA = ACE_METADATA_SCHEMA
+    # options that change how fast, not what is estimated (a map's calibration records the others)
+    RUNTIME_OPTIONS = ("encoder_precision", "head_precision", "encoder_backend", "encoder_weights")
+    # what maps calibrated before the calibration recorded its options were fitted with (the default then)
+    LEGACY_CALIBRATION_OPTIONS = {"cell_stride": 2}
 
     def __init__(self, encoder, head: SceneCoordinateHead, feature_mean, feature_std, image_height: int,
                  device="cpu", **options):

@@ -47,6 +47,7 @@ class SiftFrontEnd:
 
     name = "sift"
     METADATA_SCHEMA = SIFT_METADATA_SCHEMA
+    RUNTIME_OPTIONS = ("num_threads",)   # options that change how fast, not what is estimated
 
     def __init__(self, points_xyz, obs_point, obs_image, obs_descriptors, bow: BagOfWords, image_bow,
                  max_features: int, first_octave: int, **options):
