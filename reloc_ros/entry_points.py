@@ -2,6 +2,7 @@
 CONSOLE_SCRIPTS = {
     "reloc-map": "reloc_ros.mapping.cli:main",
     "reloc-calibrate": "reloc_ros.mapping.calibrate:main",
+    "reloc-export": "reloc_ros.export:main",
     "reloc-eval": "reloc_ros.evaluation.offline:main",
     "reloc-eval-bag": "reloc_ros.evaluation.bag_replay:main",
     "reloc-bag-from-dataset": "reloc_ros.datasets.bag_writer:main",

@@ -1,0 +1,103 @@
+"""reloc-export (reloc_ros/export.py): a map's query-time networks as ONNX graphs whose onnxruntime outputs equal
+torch's, a manifest that describes and hashes them, and clear errors before any file is written."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from reloc_ros.export import export_map
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(demo_map_ace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    return out, export_map(demo_map_ace[0], out, progress=False)
+
+
+def _session(path):
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_the_manifest_describes_and_hashes_every_graph(exported, demo_map_ace):
+    out, manifest = exported
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest))
+    assert manifest["front_end"] == "ace" and manifest["opset"] == 18
+    assert set(manifest["graphs"]) == {"ace_encoder", "ace_head"}
+    for name, g in manifest["graphs"].items():
+        for precision in ("fp32", "fp16"):
+            f = out / g[precision]["file"]
+            assert hashlib.sha256(f.read_bytes()).hexdigest() == g[precision]["sha256"]
+            worst = max(v["max_rel"] for v in g[precision]["parity_vs_torch_fp32"].values())
+            assert worst < (1e-4 if precision == "fp32" else 2e-2), (name, precision, worst)
+    assert manifest["graphs"]["ace_encoder"]["inputs"]["gray"]["shape"] == [1, 1, 240, 320]   # the map's height, 4:3
+    assert manifest["map_sha256"] == hashlib.sha256(demo_map_ace[0].read_bytes()).hexdigest()
+
+
+def test_exported_graphs_give_the_front_ends_scene_coordinates_on_a_real_frame(exported, demo_map_ace,
+                                                                                demo_scene_root):
+    """A demo frame through the ACE front end (torch, fp32, every cell) and through the two graphs: the same
+    scene coordinates (fp32 to 0.1 mm, fp16 to 1 cm on this ~2 m scene)."""
+    from reloc_ros.datasets import open_dataset
+    from reloc_ros.frontends.ace.encoders import rgb_to_gray_tensor
+    from reloc_ros.localizer import Localizer
+    out, _ = exported
+    path, names = demo_map_ace
+    loc = Localizer.from_map(path, front_end_options={"encoder_precision": "fp32", "head_precision": "fp32",
+                                                      "encoder_backend": "torch", "cell_stride": 1})
+    frame = open_dataset(demo_scene_root, frames=names[:1])[0]
+    image = frame.image[::2, ::2].copy()                     # the map's 240 rows: no resize in the front end
+    _, X_torch, _, _ = loc.front_end.predict(image, frame.camera.scaled(0.5))
+    gray = rgb_to_gray_tensor(image, "cpu").numpy()
+    for precision, tol in (("fp32", 1e-4), ("fp16", 1e-2)):
+        feats, _score = _session(out / f"ace_encoder.{precision}.onnx").run(None, {"gray": gray})
+        f = feats[0].reshape(feats.shape[1], -1).T
+        (X,) = _session(out / f"ace_head.{precision}.onnx").run(None, {"features": np.ascontiguousarray(f)})
+        d = np.linalg.norm(X - X_torch, axis=1)
+        assert np.median(d) < tol / 2 and np.quantile(d, 0.99) < tol, (precision, np.median(d), d.max())
+
+
+def test_bad_input_is_refused_before_anything_is_written(demo_map_ace, tmp_path):
+    from reloc_ros.map_file import load_map, save_map
+    code = "import sys; from reloc_ros.export import main; sys.exit(main())"
+    run = lambda *a: subprocess.run([sys.executable, "-c", code, *map(str, a)], capture_output=True, text=True,  # noqa: E731
+                                    timeout=300)
+    p = run("--map", demo_map_ace[0], "--out", tmp_path / "a", "--image-size", "480x640")
+    assert p.returncode == 2 and "differs from the map's image height 240" in p.stderr and not (tmp_path / "a").exists()
+    p = run("--map", demo_map_ace[0], "--out", tmp_path / "b", "--precisions", "fp16")
+    assert p.returncode == 2 and "must include 'fp32'" in p.stderr
+    p = run("--map", tmp_path / "missing.map.safetensors", "--out", tmp_path / "c")
+    assert p.returncode == 2 and "--map" in p.stderr and "no such file" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "file").write_text("x")
+    p = run("--map", demo_map_ace[0], "--out", tmp_path / "file")
+    assert p.returncode == 2 and "is an existing file, expected a folder" in p.stderr
+    p = run("--map", demo_map_ace[0], "--out", tmp_path / "d", "--image-size", "240x")
+    assert p.returncode == 2 and "expected HxW" in p.stderr
+    tensors, meta = load_map(demo_map_ace[0])
+    meta["front_end"] = "sift"
+    save_map(tmp_path / "s.map.safetensors", {"x": torch.zeros(1)}, meta)
+    p = run("--map", tmp_path / "s.map.safetensors", "--out", tmp_path / "e")
+    assert p.returncode == 2 and "'sift' has no network to export" in p.stderr
+
+
+def test_the_implicit_network_exports_with_the_same_outputs(tmp_path):
+    """A tiny MobileNetV3 implicit map (HardSwish: opset >= 14): the graph's scene / depth / weight equal torch's."""
+    from test_implicit import _tiny_map
+
+    from reloc_ros.frontends.implicit.model import normalize_images
+    net, path, _ = _tiny_map(tmp_path)
+    manifest = export_map(path, tmp_path / "out", progress=False)
+    g = manifest["graphs"]["implicit_network"]
+    assert g["inputs"]["image"]["shape"] == [1, 3, 48, 64] and g["outputs"] == ["scene", "depth", "weight"]
+    x = normalize_images(np.random.default_rng(0).integers(0, 255, (1, 48, 64, 3), dtype=np.uint8),
+                         channels_last=False)
+    with torch.no_grad():
+        ref = net(x)
+    got = _session(tmp_path / "out" / g["fp32"]["file"]).run(None, {"image": x.numpy()})
+    for name, arr in zip(g["outputs"], got):
+        np.testing.assert_allclose(arr, ref[name].numpy(), rtol=0, atol=1e-4 * float(ref[name].abs().max()))
