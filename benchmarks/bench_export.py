@@ -29,20 +29,13 @@ from reloc_ros.export import export_map  # noqa: E402
 from reloc_ros.frontends.ace.encoders import rgb_to_gray_tensor  # noqa: E402
 from reloc_ros.localizer import Localizer  # noqa: E402
 from reloc_ros.metrics import pose_error  # noqa: E402
+from reloc_ros.onnx_backend import make_session  # noqa: E402
 
 PIPELINES = ("torch fp32", "torch auto", "onnxruntime fp32", "onnxruntime fp16")
 
 
 def _sessions(folder: Path, precision: str, threads: int) -> dict:
-    import onnxruntime as ort
-    out = {}
-    for name in ("ace_encoder", "ace_head"):
-        o = ort.SessionOptions()
-        o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
-        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        out[name] = ort.InferenceSession(str(folder / f"{name}.{precision}.onnx"), o,
-                                         providers=["CPUExecutionProvider"])
-    return out
+    return {name: make_session(folder / f"{name}.{precision}.onnx", threads) for name in ("ace_encoder", "ace_head")}
 
 
 def _ort_predict(sess: dict, fe, image: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -6,7 +6,8 @@ The overfit tests of test/test_ace.py and test/test_implicit.py, with ``device="
 few demo-scene frames (generated into ``--demo-root`` when missing, same parameters as test/conftest.py), write the
 map, reload it on the GPU (front end directly and through ``Localizer``) and localize the training frames. Also
 exercises bf16 autocast on CUDA (ACE head default precision, implicit ``precision="bf16"``) and, best effort, the
-featuremetric refinement on CUDA. Prints one line per check and writes a JSON summary; exits 1 if a check fails,
+featuremetric refinement on CUDA, and the map's exported ONNX graphs through every onnxruntime execution provider
+present (CPU, CUDA, TensorRT; fp32 and fp16). Prints one line per check and writes a JSON summary; exits 1 if a check fails,
 2 if ``--device cuda`` is asked for without CUDA. ``--device cpu`` runs the same checks on the CPU (about 5 min on
 the shared 2-core machine), which is how the script itself was checked.
 """
@@ -162,6 +163,36 @@ def refinement(root: Path, device: str, out_dir: Path):
     return res
 
 
+@check("onnxruntime_providers")
+def onnxruntime_providers(root: Path, device: str, out_dir: Path):
+    """The ACE map's exported graphs (reloc-export) through every onnxruntime provider this build has (CPU, CUDA,
+    TensorRT), fp32 and fp16: each localizes the training frames like torch (``network_backend: onnxruntime``)."""
+    import onnxruntime as ort
+
+    from reloc_ros.export import export_map
+    from reloc_ros.localizer import Localizer
+    names = (root / "mapping.txt").read_text().split()[:120:20]
+    ds = open_dataset(root, frames=names)
+    frames = [ds[i] for i in range(0, 6, 2)]
+    folder = out_dir / "ace_demo_onnx"
+    export_map(RESULTS["_ace_map"], folder, progress=False)
+    have = ort.get_available_providers()
+    out = {"available": have}
+    ok = True
+    for short, full in (("cpu", "CPUExecutionProvider"), ("cuda", "CUDAExecutionProvider"),
+                        ("tensorrt", "TensorrtExecutionProvider")):
+        if full not in have:
+            continue
+        for precision in ("fp32", "fp16"):
+            loc = Localizer.from_map(RESULTS["_ace_map"], front_end_options={
+                "network_backend": "onnxruntime", "onnx_dir": str(folder), "onnx_precision": precision,
+                "onnx_providers": [short, "cpu"] if short != "cpu" else ["cpu"], "threshold_px": 2.0})
+            r = localize_all(loc.localize, frames, 0.05, 2.0)   # resized to the map's 240 rows: the export's size
+            out[f"{short}_{precision}"] = r
+            ok = ok and r["ok"]
+    return {"ok": ok, **out}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--demo-root", type=Path, required=True, help="demo scene folder (generated when missing)")
@@ -186,6 +217,8 @@ def main(argv=None) -> int:
     localizer_from_map(args.demo_root, args.device)
     if not args.skip_refinement and "_ace_map" in RESULTS:
         refinement(args.demo_root, args.device, args.work)
+    if "_ace_map" in RESULTS:
+        onnxruntime_providers(args.demo_root, args.device, args.work)
     checks = {k: v for k, v in RESULTS.items() if isinstance(v, dict) and "ok" in v}
     RESULTS["all_ok"] = all(v["ok"] for v in checks.values())
     if args.json:

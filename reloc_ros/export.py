@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from .map_file import MapFileError, atomic_write_bytes, load_map
 
-__all__ = ["OPSET", "GraphSpec", "GRAPH_BUILDERS", "export_map", "main"]
+__all__ = ["OPSET", "GraphSpec", "GRAPH_BUILDERS", "export_map", "export_graphs", "tensors_digest", "main"]
 
 OPSET = 18
 PRECISIONS = ("fp32", "fp16")
@@ -187,17 +187,35 @@ def _describe(spec: GraphSpec) -> dict:
             "outputs": spec.outputs, "dynamic_axes": spec.dynamic_axes, "notes": spec.notes}
 
 
+def tensors_digest(tensors: dict) -> str:
+    """sha256 over a map's tensors (names, dtypes, shapes, bytes): what an export was made from, checkable without
+    the map file (``manifest["tensors_sha256"]``)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def export_map(map_path, out_dir, size: tuple[int, int] | None = None, precisions=("fp32", "fp16"),
                progress: bool = True) -> dict:
     """Export ``map_path``'s query-time graphs into ``out_dir``; returns the manifest (also written as
     ``manifest.json``). Raises ``MapFileError`` / ``ValueError`` before writing anything for a bad map or options."""
+    tensors, meta = load_map(map_path)
+    manifest = export_graphs(tensors, meta, out_dir, size, precisions, progress, source=str(map_path))
+    return manifest
+
+
+def export_graphs(tensors: dict, meta: dict, out_dir, size: tuple[int, int] | None = None,
+                  precisions=("fp32", "fp16"), progress: bool = True, source: str = "map") -> dict:
+    """``export_map`` for a loaded map (``tensors``, ``meta``); ``source`` names it in messages."""
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions or "fp32" not in precisions:
         raise ValueError(f"precisions must include 'fp32' and be among {list(PRECISIONS)}, got {list(precisions)}")
-    tensors, meta = load_map(map_path)
     builder = GRAPH_BUILDERS.get(meta["front_end"])
     if builder is None:
-        raise ValueError(f"{map_path}: front end {meta['front_end']!r} has no network to export "
+        raise ValueError(f"{source}: front end {meta['front_end']!r} has no network to export "
                          f"(exportable: {sorted(GRAPH_BUILDERS)})")
     specs = builder(tensors, meta, size)
     out_dir = Path(out_dir)
@@ -220,7 +238,9 @@ def export_map(map_path, out_dir, size: tuple[int, int] | None = None, precision
                 print(f"[reloc-export] {path.name}: {path.stat().st_size / 1e6:.1f} MB, max difference to torch "
                       f"{worst:.1e} of the output range", flush=True)
         graphs[spec.name] = entry
-    manifest = {"format": 1, "map": str(Path(map_path).resolve()), "map_sha256": _sha256(Path(map_path)),
+    src = Path(source)
+    manifest = {"format": 1, "map": str(src.resolve()) if src.is_file() else source,
+                "map_sha256": _sha256(src) if src.is_file() else None, "tensors_sha256": tensors_digest(tensors),
                 "front_end": meta["front_end"], "opset": OPSET, "graphs": graphs,
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                              "onnxruntime": onnxruntime.__version__}}

@@ -91,16 +91,8 @@ class OnnxXFeatPyramid:
     def _session(self, Hp: int, Wp: int):
         key = (self.levels, Hp, Wp)
         if key not in self._sessions:
-            import onnxruntime as ort
-            path = self._export(Hp, Wp)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # onnxruntime's threads otherwise spin after each run, taking the cores from the torch stages that
-            # follow (the head, RANSAC, the refinement): measured +14-23 ms per query on 2 cores
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._sessions[key] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            from .onnx_backend import make_session
+            self._sessions[key] = make_session(self._export(Hp, Wp), self.threads)
         return self._sessions[key]
 
     def _export(self, Hp: int, Wp: int) -> Path:

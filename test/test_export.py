@@ -101,3 +101,68 @@ def test_the_implicit_network_exports_with_the_same_outputs(tmp_path):
     got = _session(tmp_path / "out" / g["fp32"]["file"]).run(None, {"image": x.numpy()})
     for name, arr in zip(g["outputs"], got):
         np.testing.assert_allclose(arr, ref[name].numpy(), rtol=0, atol=1e-4 * float(ref[name].abs().max()))
+
+
+def test_the_localizer_runs_the_exported_graphs(exported, demo_map_ace, demo_scene_root, tmp_path):
+    """``network_backend: onnxruntime`` (from a reloc-export folder or the user cache): the same poses as torch fp32,
+    no calibration warning (a runtime option), and clear errors for another map's folder or a missing provider."""
+    import shutil
+
+    from reloc_ros.datasets import open_dataset
+    from reloc_ros.localizer import Localizer
+    from reloc_ros.metrics import pose_error
+    out, _ = exported
+    path, names = demo_map_ace
+    frames = open_dataset(demo_scene_root, frames=names[:3])
+    torch32 = Localizer.from_map(path, front_end_options={"encoder_precision": "fp32", "head_precision": "fp32",
+                                                          "encoder_backend": "torch"})
+    small = lambda f: (f.image[::2, ::2].copy(), f.camera.scaled(0.5))  # noqa: E731  (the export's 240x320)
+    for options in ({"network_backend": "onnxruntime", "onnx_dir": str(out)}, {"network_backend": "onnxruntime"}):
+        loc = Localizer.from_map(path, front_end_options=options)
+        assert loc.backends == {"ace_encoder": "onnxruntime", "ace_head": "onnxruntime"}
+        assert loc.precision == {"ace_encoder": "fp32", "ace_head": "fp32"} and loc.uncertainty_warning is None
+        for f in frames:
+            a, b = torch32.localize(*small(f)), loc.localize(*small(f))
+            assert a.success and b.success
+            ta, ra = pose_error(a.T_world_cam, f.T_world_cam)
+            tb, rb = pose_error(b.T_world_cam, f.T_world_cam)
+            assert abs(ta - tb) < 2e-3 and abs(ra - rb) < 0.1, (ta, tb, ra, rb)
+    import cv2
+    wide = cv2.resize(frames[0].image, (720, 480))            # 3:2: the ACE front end makes it 240x360
+    with pytest.raises(ValueError, match="takes 240x320 images, the query is 240x360"):
+        Localizer.from_map(path, front_end_options={"network_backend": "onnxruntime", "onnx_dir": str(out)}).localize(
+            wide, frames[0].camera.resized(720, 480))
+    other = tmp_path / "other.map.safetensors"
+    shutil.copy(path, other)
+    from reloc_ros.map_file import load_map, save_map
+    tensors, meta = load_map(other)
+    tensors["head.fc3.bias"] = tensors["head.fc3.bias"] + 1.0
+    save_map(other, tensors, meta)
+    with pytest.raises(ValueError, match="exported from another map"):
+        Localizer.from_map(other, front_end_options={"network_backend": "onnxruntime", "onnx_dir": str(out)})
+    missing = [n for n in ("tensorrt", "cuda") if not {"tensorrt": "TensorrtExecutionProvider",
+                                                       "cuda": "CUDAExecutionProvider"}[n]
+               in onnxruntime.get_available_providers()]
+    if missing:
+        with pytest.raises(ValueError, match=r"not available in this onnxruntime .*install onnxruntime-gpu"):
+            Localizer.from_map(path, front_end_options={"network_backend": "onnxruntime", "onnx_providers": missing})
+    with pytest.raises(ValueError, match="unknown onnx_providers"):
+        Localizer.from_map(path, front_end_options={"network_backend": "onnxruntime", "onnx_providers": ["npu"]})
+
+
+def test_the_implicit_front_end_runs_its_exported_graph(tmp_path):
+    from test_implicit import _tiny_map
+
+    from reloc_ros.frontends.implicit.frontend import ImplicitFrontEnd
+    from reloc_ros.geometry import Camera
+    from reloc_ros.map_file import load_map
+    _, path, _ = _tiny_map(tmp_path)
+    tensors, meta = load_map(path)
+    cam = Camera.from_pinhole(80.0, 80.0, 63.5, 47.5, 128, 96)
+    img = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    a = ImplicitFrontEnd.from_map(tensors, meta, precision="fp32", min_weight_mass=0.0).localize(img, cam)
+    fe = ImplicitFrontEnd.from_map(tensors, meta, min_weight_mass=0.0, network_backend="onnxruntime")
+    b = fe.localize(img, cam)
+    assert fe.backends == {"implicit_network": "onnxruntime"} and a.success and b.success
+    np.testing.assert_allclose(b.T_world_cam, a.T_world_cam, atol=1e-4)
+    np.testing.assert_allclose(b.covariance, a.covariance, rtol=1e-2, atol=1e-12)

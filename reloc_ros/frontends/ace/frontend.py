@@ -12,7 +12,7 @@ from ...estimators.pnp import pnp_ransac
 from ...geometry.camera import Camera
 from ...images import check_rgb_image
 from ...map_file import MapFileError, check_metadata
-from ...precision import autocast_context, resolve_precision
+from ...precision import PrecisionChoice, autocast_context, resolve_precision
 from ..base import LocalizationResult, load_weights
 from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor
 from .head import SceneCoordinateHead
@@ -45,6 +45,11 @@ DEFAULT_OPTIONS = {
                                # and onnxruntime is installed, else torch (benchmarks/RESULTS.md, "XFeat through
                                # onnxruntime")
     "encoder_weights": None,   # overrides the ACE encoder weights path stored in the map
+    "network_backend": "torch",  # "torch" | "onnxruntime": encoder and head from the map's exported ONNX graphs
+                               # (reloc-export; reloc_ros/onnx_backend.py), e.g. for CUDA / TensorRT on a Jetson
+    "onnx_dir": None,          # a reloc-export folder of this map; None: exported once into the user cache
+    "onnx_precision": "fp32",  # "fp32" | "fp16" graphs (fp16: for GPUs; slower than fp32 on a CPU)
+    "onnx_providers": ["cpu"], # onnxruntime execution providers in order of preference: "cpu", "cuda", "tensorrt"
 }
 
 
@@ -74,7 +79,8 @@ class AceFrontEnd:
     name = "ace"
     METADATA_SCHEMA = ACE_METADATA_SCHEMA
     # options that change how fast, not what is estimated (a map's calibration records the others)
-    RUNTIME_OPTIONS = ("encoder_precision", "head_precision", "encoder_backend", "encoder_weights")
+    RUNTIME_OPTIONS = ("encoder_precision", "head_precision", "encoder_backend", "encoder_weights", "network_backend",
+                       "onnx_dir", "onnx_precision", "onnx_providers")
     # what maps calibrated before the calibration recorded its options were fitted with (the default then)
     LEGACY_CALIBRATION_OPTIONS = {"cell_stride": 2}
 
@@ -87,8 +93,17 @@ class AceFrontEnd:
         self.feature_mean = feature_mean.float().to(self.device)
         self.feature_std = feature_std.float().to(self.device)
         self.image_height = int(image_height)
-        self.precision = self._resolve_precisions()
-        self.backends = {"ace_encoder": self._resolve_encoder_backend()}
+        self.graphs: dict = {}             # (H, W) -> onnx_backend.ExportedGraphs (network_backend "onnxruntime")
+        self._graph_source = None          # (tensors, metadata) the graphs are exported from
+        if self.options["network_backend"] not in ("torch", "onnxruntime"):
+            raise ValueError(f"network_backend must be 'torch' or 'onnxruntime', got {self.options['network_backend']!r}")
+        if self.options["network_backend"] == "onnxruntime":
+            p = self.options["onnx_precision"]
+            self.precision = {s: PrecisionChoice(s, p, p, "onnxruntime") for s in ("ace_encoder", "ace_head")}
+            self.backends = {"ace_encoder": "onnxruntime", "ace_head": "onnxruntime"}
+        else:
+            self.precision = self._resolve_precisions()
+            self.backends = {"ace_encoder": self._resolve_encoder_backend()}
 
     def _resolve_precisions(self) -> dict:
         """``{"ace_encoder": PrecisionChoice, "ace_head": ...}`` for the encoder and head options (probed on a
@@ -132,7 +147,7 @@ class AceFrontEnd:
         (``LocalizationResult.dense_features``). Possible with the XFeat encoder and BT.601 grayscale only; the
         levels are only handed out for images the front end neither resizes nor crops (sides multiples of 8), where
         they equal the refiner's own pass. Returns whether sharing is set up."""
-        if not hasattr(self.encoder, "share_levels") or gray != "bt601":
+        if not hasattr(self.encoder, "share_levels") or gray != "bt601" or self._graph_source is not None:
             return False
         self.encoder.share_levels(levels)
         return True
@@ -153,8 +168,31 @@ class AceFrontEnd:
         if encoder.dim != hc["in_dim"]:
             raise MapFileError(f"encoder {metadata['encoder']} gives {encoder.dim}-d features, the head expects "
                                f"{hc['in_dim']}")
-        return cls(encoder, head, tensors["feature_mean"], tensors["feature_std"], metadata["image_height"], device,
-                   **options)
+        fe = cls(encoder, head, tensors["feature_mean"], tensors["feature_std"], metadata["image_height"], device,
+                 **options)
+        if fe.options["network_backend"] == "onnxruntime":
+            fe.use_exported_graphs(tensors, metadata)
+        return fe
+
+    def use_exported_graphs(self, tensors: dict, metadata: dict) -> None:
+        """Run the encoder and head from the map's exported graphs (``network_backend`` "onnxruntime"); set up
+        now for a 4:3 image (or ``onnx_dir``'s size), so that a missing provider or a wrong folder fails at load."""
+        self._graph_source = (tensors, metadata)
+        size = None if self.options["onnx_dir"] else (self.image_height // 8 * 8,
+                                                      int(round(self.image_height * 4 / 3)) // 8 * 8)
+        g = self._exported(size)
+        shape = g.manifest["graphs"]["ace_encoder"]["inputs"]["gray"]["shape"]
+        self.graphs[tuple(shape[2:])] = g
+
+    def _exported(self, size):
+        from ...onnx_backend import ExportedGraphs
+        if size in self.graphs:
+            return self.graphs[size]
+        o = self.options
+        g = ExportedGraphs(*self._graph_source, size, o["onnx_precision"], o["onnx_providers"], folder=o["onnx_dir"])
+        if size is not None:
+            self.graphs[size] = g
+        return g
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, camera: Camera, timings: dict | None = None, num_cells="default",
@@ -173,8 +211,13 @@ class AceFrontEnd:
             image = cv2.resize(image, (cam.width, cam.height), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         gray = rgb_to_gray_tensor(image, self.device)
         t1 = time.perf_counter()
-        with autocast_context(self.device, self.precision["ace_encoder"].precision):
-            f, score = self.encoder(gray)
+        if self._graph_source is not None:
+            outs = [torch.from_numpy(a).to(self.device) for a in
+                    self._exported(tuple(gray.shape[2:])).run("ace_encoder", gray=gray.cpu().numpy())]
+            f, score = outs[0], (outs[1] if len(outs) > 1 else None)
+        else:
+            with autocast_context(self.device, self.precision["ace_encoder"].precision):
+                f, score = self.encoder(gray)
         if shared is not None and abs(s - 1) <= 1e-9 and image.shape[0] % 8 == 0 and image.shape[1] % 8 == 0:
             shared.update({lv: v.float() for lv, v in getattr(self.encoder, "last_levels", {}).items()})
         C, h, w = f.shape[1:]
@@ -199,10 +242,14 @@ class AceFrontEnd:
                 f, sc = f[sel], sc[sel]
                 uv = uv[sel.cpu().numpy()]
             sc = sc.cpu().numpy()
-        x = (f - self.feature_mean) / self.feature_std
-        with autocast_context(self.device, self.precision["ace_head"].precision):
-            X = self.head(x)
-        X = X.float().cpu().numpy().astype(np.float64)
+        if self._graph_source is not None:   # the standardisation is inside the exported head
+            (X,) = self._exported(tuple(gray.shape[2:])).run("ace_head", features=f.cpu().numpy())
+            X = X.astype(np.float64)
+        else:
+            x = (f - self.feature_mean) / self.feature_std
+            with autocast_context(self.device, self.precision["ace_head"].precision):
+                X = self.head(x)
+            X = X.float().cpu().numpy().astype(np.float64)
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - t0) * 1e3, encoder=(t2 - t1) * 1e3, head=(t3 - t2) * 1e3)
         return uv, X, sc, cam

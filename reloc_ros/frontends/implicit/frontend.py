@@ -24,7 +24,7 @@ from ...geometry.kabsch import DegenerateWeightsError
 from ...geometry.pose import covariance_right_to_world, make_T
 from ...uncertainty import sandwich_covariance
 from ...map_file import MapFileError, check_metadata, load_map
-from ...precision import autocast_context, resolve_precision
+from ...precision import PrecisionChoice, autocast_context, resolve_precision
 from ..base import LocalizationResult, load_weights
 from .model import ImplicitPoseNet, camera_rays, normalize_images
 from .train import IMPLICIT_MAP_VERSION
@@ -101,14 +101,21 @@ class ImplicitFrontEnd:
     Options: ``precision`` (network autocast: "auto" = bf16 only where measured faster, ~1.5× on AMX CPUs and
     far slower on AVX2-only ones; "fp32" | "bf16" | "fp16" (CUDA)), ``channels_last`` (default True),
     ``threads`` (torch intra-op threads; None leaves torch's setting), ``min_weight_mass`` (below it:
-    ``success=False``, reason "low_confidence").
+    ``success=False``, reason "low_confidence"); ``network_backend`` "torch" | "onnxruntime" (the map's exported
+    graph, reloc_ros/onnx_backend.py) with ``onnx_dir``, ``onnx_precision``, ``onnx_providers`` as for ACE.
     """
+
+    # options that change how fast, not what is estimated (a map's calibration records none of them)
+    RUNTIME_OPTIONS = ("precision", "channels_last", "threads", "network_backend", "onnx_dir", "onnx_precision",
+                       "onnx_providers")
 
     name = "implicit"
     METADATA_SCHEMA = IMPLICIT_METADATA_SCHEMA
 
     def __init__(self, model: ImplicitPoseNet, metadata: dict, device="cpu", precision: str = "auto",
-                 channels_last: bool = True, threads: int | None = None, min_weight_mass: float = 3.0):
+                 channels_last: bool = True, threads: int | None = None, min_weight_mass: float = 3.0,
+                 network_backend: str = "torch", onnx_dir: str | None = None, onnx_precision: str = "fp32",
+                 onnx_providers=("cpu",), graph_source: tuple | None = None):
         self.model, self.metadata, self.device = model, metadata, torch.device(device)
         self.channels_last = bool(channels_last)
         if channels_last:
@@ -120,7 +127,21 @@ class ImplicitFrontEnd:
         self.stride = int(m["output_stride"])
         self.min_weight_mass = float(min_weight_mass)
         self._rays: dict = {}
-        self.precision = {"implicit_network": self._resolve_precision(precision)}
+        self.graphs = None
+        if network_backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"network_backend must be 'torch' or 'onnxruntime', got {network_backend!r}")
+        if network_backend == "onnxruntime":
+            if graph_source is None:
+                raise ValueError("network_backend 'onnxruntime' needs the map's tensors: build with from_map")
+            from ...onnx_backend import ExportedGraphs
+            self.graphs = ExportedGraphs(*graph_source, (self.height, self.width), onnx_precision, onnx_providers,
+                                         folder=onnx_dir)
+            self.precision = {"implicit_network": PrecisionChoice("implicit_network", onnx_precision, onnx_precision,
+                                                                  "onnxruntime")}
+            self.backends = {"implicit_network": "onnxruntime"}
+        else:
+            self.precision = {"implicit_network": self._resolve_precision(precision)}
+            self.backends = {"implicit_network": "torch"}
 
     def _resolve_precision(self, requested: str):
         x = torch.zeros(1, 3, self.height, self.width, device=self.device)
@@ -137,7 +158,8 @@ class ImplicitFrontEnd:
 
     @classmethod
     def from_map(cls, tensors: dict, metadata: dict, device: str = "cpu", **options) -> "ImplicitFrontEnd":
-        return cls(model_from_map(tensors, metadata, device), metadata, device, **options)
+        return cls(model_from_map(tensors, metadata, device), metadata, device, graph_source=(tensors, metadata),
+                   **options)
 
     def _rays_for(self, cam: Camera) -> torch.Tensor:
         key = tuple(np.round(cam.K.ravel(), 9))
@@ -178,8 +200,12 @@ class ImplicitFrontEnd:
         x, cam_in = self.preprocess(image, camera)
         rays = self._rays_for(cam_in)
         t1 = time.perf_counter()
-        with autocast_context(self.device.type, self.precision["implicit_network"].precision):
-            out = self.model(x)
+        if self.graphs is not None:
+            arrays = self.graphs.run("implicit_network", image=x.contiguous().cpu().numpy())
+            out = {k: torch.from_numpy(a).to(self.device) for k, a in zip(("scene", "depth", "weight"), arrays)}
+        else:
+            with autocast_context(self.device.type, self.precision["implicit_network"].precision):
+                out = self.model(x)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
