@@ -61,7 +61,7 @@ class Harness:
         from reloc_ros.ros.runner import ros_env
         self.env = ros_env(domain_id=150 + os.getpid() % 50)
         os.environ.update({k: self.env[k] for k in ("HOME", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
-                                                     "FASTDDS_DEFAULT_PROFILES_FILE") if k in self.env})
+                                                     "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE") if k in self.env})
         ds = open_dataset(dataset, frames=str(dataset / "query.txt"))
         self.good = [ds[i] for i in range(0, len(ds), max(1, len(ds) // 12))][:12]
         self.map_path, self.work, self.name = map_path, work, name

@@ -30,5 +30,8 @@ def generate_launch_description():
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
         remappings=[("image", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))],
     )
-    env = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(share, "config", "fastdds_shm.xml"))
-    return LaunchDescription(args + [env, node])
+    profile = os.path.join(share, "config", "fastdds_shm.xml")
+    # Fast DDS 3 (Kilted) and Fast DDS 2 (Jazzy) read different variable names
+    env = [SetEnvironmentVariable(name, profile)
+           for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")]
+    return LaunchDescription(args + env + [node])

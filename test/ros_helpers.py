@@ -27,7 +27,8 @@ def env(request):
     applied to this process for its clients."""
     from reloc_ros.ros.runner import ros_env
     e = ros_env(domain_id=1 + (os.getpid() + zlib.crc32(request.module.__name__.encode())) % 200)
-    keys = ("HOME", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "ROS_DOMAIN_ID")
+    keys = ("HOME", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
+            "ROS_DOMAIN_ID")
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: e[k] for k in keys})
     yield e

@@ -261,6 +261,9 @@ def test_launch_files(name, table, node_class):
     assert keys - {"use_sim_time"} <= {p.name for p in getattr(params, table)}
     args = [getattr(e, "value", None) for e in kw["arguments"].elts]
     assert args[:2] == ["--ros-args", "--log-level"]
+    # the Fast DDS profile under both variable names (Fast DDS 3 / Kilted and Fast DDS 2 / Jazzy)
+    names = {e.value for e in ast.walk(tree) if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+    assert {"FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"} <= names
 
 
 def test_fastdds_profile_has_large_shm_segment():
@@ -272,7 +275,9 @@ def test_fastdds_profile_has_large_shm_segment():
     assert int(seg.text) >= 640 * 480 * 3 * 4
     env = ros_env({"PATH": "/bin"}, domain_id=17)
     assert env["ROS_DOMAIN_ID"] == "17" and env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
-    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(fastdds_profile_path()) and env["HOME"]
+    # both names: Fast DDS 3 (Kilted) reads the first, Fast DDS 2 (Jazzy) only the second
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == env["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(fastdds_profile_path())
+    assert env["HOME"]
 
 
 # ---- mapper recording -----------------------------------------------------------------------------------------

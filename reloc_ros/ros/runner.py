@@ -47,6 +47,9 @@ def fastdds_profile_path() -> Path:
     return share_file("config/fastdds_shm.xml")
 
 
+FASTDDS_PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
 def ros_env(base: dict | None = None, domain_id: int | None = None, fastdds_profile: bool = True) -> dict:
     """Environment for ROS processes: the parent's, plus HOME (rclpy logging needs it), localhost-only discovery,
     the Fast DDS SHM profile, the glibc allocator tunables, unbuffered Python and ``ROS_DOMAIN_ID`` when given.
@@ -57,7 +60,10 @@ def ros_env(base: dict | None = None, domain_id: int | None = None, fastdds_prof
     env.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
     env.setdefault("PYTHONUNBUFFERED", "1")
     if fastdds_profile:
-        env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(fastdds_profile_path()))
+        # the Fast DDS 3 name (Kilted) and the Fast DDS 2 name (Jazzy's Fast DDS 2.14 reads only this one: without
+        # the profile, /tf messages behind 640x480 images were lost and resent ~3 s later, a heartbeat period)
+        for name in FASTDDS_PROFILE_VARS:
+            env.setdefault(name, str(fastdds_profile_path()))
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(int(domain_id))
     return env
