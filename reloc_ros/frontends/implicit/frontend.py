@@ -105,10 +105,6 @@ class ImplicitFrontEnd:
     graph, reloc_ros/onnx_backend.py) with ``onnx_dir``, ``onnx_precision``, ``onnx_providers`` as for ACE.
     """
 
-    # options that change how fast, not what is estimated (a map's calibration records none of them)
-    RUNTIME_OPTIONS = ("precision", "channels_last", "threads", "network_backend", "onnx_dir", "onnx_precision",
-                       "onnx_providers")
-
     name = "implicit"
     METADATA_SCHEMA = IMPLICIT_METADATA_SCHEMA
 
