@@ -31,7 +31,8 @@ def generate_launch_description():
         remappings=[("image", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))],
     )
     profile = os.path.join(share, "config", "fastdds_shm.xml")
-    # Fast DDS 3 (Kilted) and Fast DDS 2 (Jazzy) read different variable names
-    env = [SetEnvironmentVariable(name, profile)
-           for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")]
+    # Fast DDS 3 (Kilted) reads FASTDDS_DEFAULT_PROFILES_FILE, Fast DDS 2 (Jazzy, Humble) FASTRTPS_DEFAULT_PROFILES_FILE
+    fastdds2 = os.environ.get("ROS_DISTRO", "") in ("humble", "iron", "jazzy")
+    env = [SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE" if fastdds2 else "FASTDDS_DEFAULT_PROFILES_FILE",
+                                  profile)]
     return LaunchDescription(args + env + [node])

@@ -30,7 +30,7 @@ def env(request):
     keys = ("HOME", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
             "ROS_DOMAIN_ID")
     old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: e[k] for k in keys})
+    os.environ.update({k: e[k] for k in keys if k in e})
     yield e
     for k, v in old.items():
         if v is None:

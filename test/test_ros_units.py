@@ -275,9 +275,12 @@ def test_fastdds_profile_has_large_shm_segment():
     assert int(seg.text) >= 640 * 480 * 3 * 4
     env = ros_env({"PATH": "/bin"}, domain_id=17)
     assert env["ROS_DOMAIN_ID"] == "17" and env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
-    # both names: Fast DDS 3 (Kilted) reads the first, Fast DDS 2 (Jazzy) only the second
+    # the name this distribution's Fast DDS reads: 3 (Kilted) the first, 2 (Jazzy) only the second; both if unknown
     assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == env["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(fastdds_profile_path())
     assert env["HOME"]
+    jazzy, kilted = ros_env({"ROS_DISTRO": "jazzy"}), ros_env({"ROS_DISTRO": "kilted"})
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" in jazzy and "FASTDDS_DEFAULT_PROFILES_FILE" not in jazzy
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" in kilted and "FASTRTPS_DEFAULT_PROFILES_FILE" not in kilted
 
 
 # ---- mapper recording -----------------------------------------------------------------------------------------

@@ -48,6 +48,17 @@ def fastdds_profile_path() -> Path:
 
 
 FASTDDS_PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FASTDDS2_DISTROS = ("humble", "iron", "jazzy")
+
+
+def fastdds_profile_vars(ros_distro: str) -> tuple:
+    """The variable(s) naming the Fast DDS XML profile: Fast DDS 3 (Kilted and later) reads
+    FASTDDS_DEFAULT_PROFILES_FILE (and warns that the other is deprecated), Fast DDS 2 (Jazzy and older) reads only
+    FASTRTPS_DEFAULT_PROFILES_FILE: without it, Jazzy's /tf messages behind 640x480 images were lost and resent ~3 s
+    later (a reliable writer's heartbeat). Both when ``ros_distro`` is unknown."""
+    if ros_distro in FASTDDS2_DISTROS:
+        return ("FASTRTPS_DEFAULT_PROFILES_FILE",)
+    return ("FASTDDS_DEFAULT_PROFILES_FILE",) if ros_distro else FASTDDS_PROFILE_VARS
 
 
 def ros_env(base: dict | None = None, domain_id: int | None = None, fastdds_profile: bool = True) -> dict:
@@ -60,9 +71,7 @@ def ros_env(base: dict | None = None, domain_id: int | None = None, fastdds_prof
     env.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
     env.setdefault("PYTHONUNBUFFERED", "1")
     if fastdds_profile:
-        # the Fast DDS 3 name (Kilted) and the Fast DDS 2 name (Jazzy's Fast DDS 2.14 reads only this one: without
-        # the profile, /tf messages behind 640x480 images were lost and resent ~3 s later, a heartbeat period)
-        for name in FASTDDS_PROFILE_VARS:
+        for name in fastdds_profile_vars(env.get("ROS_DISTRO", "")):
             env.setdefault(name, str(fastdds_profile_path()))
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(int(domain_id))
