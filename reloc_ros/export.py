@@ -103,8 +103,7 @@ def _smooth_image(h: int, w: int, channels: int, seed: int = 0) -> torch.Tensor:
 def _ace_graphs(tensors: dict, meta: dict, size: tuple[int, int] | None) -> list[GraphSpec]:
     from .frontends.ace.frontend import AceFrontEnd
     fe = AceFrontEnd.from_map(tensors, meta, encoder_precision="fp32", head_precision="fp32", encoder_backend="torch")
-    h = fe.image_height // 8 * 8
-    w = int(round(fe.image_height * 4 / 3)) // 8 * 8
+    h, w = fe.typical_size
     if size is not None:
         if size[0] != fe.image_height:
             raise ValueError(f"--image-size height {size[0]} differs from the map's image height {fe.image_height} "

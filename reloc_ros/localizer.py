@@ -29,18 +29,16 @@ __all__ = ["Localizer", "InputImageError"]
 
 
 
-def _view_centres(map_path, reference=None, required: bool = False) -> np.ndarray | None:
+def _view_centres(map_path, reference=None) -> np.ndarray | None:
     """Camera centres (M, 3) of the mapped views: the reference model's images (``reference``, default beside the
-    map); None where there is none or, unless ``required``, it cannot be read (``uncertainty_warning`` then says
-    so when the calibration needs them)."""
+    map); None where there is none or it cannot be read (``uncertainty_warning`` then says so when the calibration
+    needs them)."""
     ref = Path(reference) if reference is not None else reference_path(map_path)
     if not ref.is_file():
         return None
     try:
         poses = read_tensor(ref, "image_poses", kind="reference").numpy()
     except MapFileError:
-        if required:
-            raise
         return None
     return np.asarray(poses[:, :3, 3], dtype=np.float64)
 
@@ -164,8 +162,10 @@ class Localizer:
             # then the caller's options
             refiner_options = {**spec.refiner_defaults, **(refiner_options or {})}
             refiner = FeaturemetricRefiner.from_reference(ref, device=device, **refiner_options)
-        return cls(front_end, refiner, map_path, meta, view_centres=_view_centres(map_path, reference, refine),
-                   **localizer_options)
+        # the mapped views' centres: from the reference model the refiner already loaded, else read from its file
+        centres = (refiner.ref.image_poses.cpu().numpy()[:, :3, 3] if refiner is not None
+                   else _view_centres(map_path, reference))
+        return cls(front_end, refiner, map_path, meta, view_centres=centres, **localizer_options)
 
     # ------------------------------------------------------------------------------------------------------------
     def localize(self, image: np.ndarray, camera: Camera, prior_T_world_cam: np.ndarray | None = None

@@ -105,11 +105,16 @@ class AceFrontEnd:
             self.precision = self._resolve_precisions()
             self.backends = {"ace_encoder": self._resolve_encoder_backend()}
 
+    @property
+    def typical_size(self) -> tuple[int, int]:
+        """(H, W) of a 4:3 query at the map's image height, sides multiples of 8: what the precision probe and the
+        exported graphs assume by default."""
+        return self.image_height // 8 * 8, int(round(self.image_height * 4 / 3)) // 8 * 8
+
     def _resolve_precisions(self) -> dict:
         """``{"ace_encoder": PrecisionChoice, "ace_head": ...}`` for the encoder and head options (probed on a
         4:3 image of the map's height and the cells the head then sees)."""
-        h = self.image_height // 8 * 8
-        w = int(round(self.image_height * 4 / 3)) // 8 * 8
+        h, w = self.typical_size
         n_cells = max((h // 8) * (w // 8) // int(self.options["cell_stride"]), 1)
 
         def encoder_run():
@@ -178,9 +183,7 @@ class AceFrontEnd:
         """Run the encoder and head from the map's exported graphs (``network_backend`` "onnxruntime"); set up
         now for a 4:3 image (or ``onnx_dir``'s size), so that a missing provider or a wrong folder fails at load."""
         self._graph_source = (tensors, metadata)
-        size = None if self.options["onnx_dir"] else (self.image_height // 8 * 8,
-                                                      int(round(self.image_height * 4 / 3)) // 8 * 8)
-        g = self._exported(size)
+        g = self._exported(None if self.options["onnx_dir"] else self.typical_size)
         shape = g.manifest["graphs"]["ace_encoder"]["inputs"]["gray"]["shape"]
         self.graphs[tuple(shape[2:])] = g
 
@@ -211,9 +214,9 @@ class AceFrontEnd:
             image = cv2.resize(image, (cam.width, cam.height), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         gray = rgb_to_gray_tensor(image, self.device)
         t1 = time.perf_counter()
-        if self._graph_source is not None:
-            outs = [torch.from_numpy(a).to(self.device) for a in
-                    self._exported(tuple(gray.shape[2:])).run("ace_encoder", gray=gray.cpu().numpy())]
+        graphs = self._exported(tuple(gray.shape[2:])) if self._graph_source is not None else None
+        if graphs is not None:
+            outs = [torch.from_numpy(a).to(self.device) for a in graphs.run("ace_encoder", gray=gray.cpu().numpy())]
             f, score = outs[0], (outs[1] if len(outs) > 1 else None)
         else:
             with autocast_context(self.device, self.precision["ace_encoder"].precision):
@@ -242,8 +245,8 @@ class AceFrontEnd:
                 f, sc = f[sel], sc[sel]
                 uv = uv[sel.cpu().numpy()]
             sc = sc.cpu().numpy()
-        if self._graph_source is not None:   # the standardisation is inside the exported head
-            (X,) = self._exported(tuple(gray.shape[2:])).run("ace_head", features=f.cpu().numpy())
+        if graphs is not None:   # the standardisation is inside the exported head
+            (X,) = graphs.run("ace_head", features=f.cpu().numpy())
             X = X.astype(np.float64)
         else:
             x = (f - self.feature_mean) / self.feature_std
