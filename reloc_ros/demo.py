@@ -1,6 +1,7 @@
 """``make demo`` / ``python -m reloc_ros.demo``: the whole product on the generated demo scene (or a real dataset).
 
     python -m reloc_ros.demo [--out out/demo] [--front-end ace|implicit|sift] [--minutes M] [--refine] [--rate R]
+                             [--backend torch|onnxruntime]
                              [--dataset PATH [--frames-map F --frames-query F]] [--map MAP] [--force]
                              [--skip-offline] [--skip-node]
 
@@ -24,7 +25,7 @@ import traceback
 from pathlib import Path
 
 from .cli_args import HelpFormatter, UsageError, check_output_dir, number
-from .frontends.registry import front_end_names
+from .frontends.registry import BACKENDS, front_end_names, front_end_spec
 
 __all__ = ["main"]
 
@@ -143,7 +144,7 @@ def _step_offline(args, out: Path, dataset: Path, map_path: Path) -> dict:
     _say("4/5 offline: localizing the query frames with the Localizer API (no ROS)")
     res = evaluate(map_path, dataset, refine=args.refine, device=args.device,
                    frames=_query_frames(dataset, args.frames_query), limit=args.limit,
-                   plots_dir=out / "plots" / "offline")
+                   plots_dir=out / "plots" / "offline", backend=args.backend)
     write_json(out / "results" / "offline.json", res)
     _say(f"4/5 offline: {res['n_queries']} queries, results in {out / 'results' / 'offline.json'}")
     return res
@@ -155,6 +156,7 @@ def _step_replay(args, out: Path, bag: Path, map_path: Path) -> dict:
     mode = "as fast as the node keeps up" if args.rate is None else f"at {args.rate:g}x the recorded timing"
     _say(f"5/5 node: starting the localizer node and replaying {bag.name} {mode}")
     res = run_bag_replay(bag, map_path, rate=args.rate, refine=args.refine, device=args.device, limit=args.limit,
+                         overrides={"backend": args.backend} if args.backend else None,
                          json_out=out / "results" / "replay.json", plots_dir=out / "plots" / "replay",
                          tum_dir=out / "tum", work_dir=out / "replay_work")
     _say(f"5/5 node: {res['n_sent']} frames replayed in {res['replay_seconds']:.0f} s, node log "
@@ -204,6 +206,9 @@ def main(argv=None) -> int:
     p.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE",
                    help="reference-model option for step 2, e.g. unregistered_depth=identity for raw 7-Scenes depth")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="run the front end's networks in steps 4-5 on torch or onnxruntime (the map's ONNX graphs, "
+                        "exported once into the user cache; ace and implicit); default: the front end's default")
     p.add_argument("--rate", type=number(float, min=0, min_exclusive=True), default=None, help="replay at R x real time (default: as fast as the node "
                                                             "keeps up)")
     p.add_argument("--fps", type=number(float, min=0, min_exclusive=True), default=10.0,
@@ -224,6 +229,9 @@ def main(argv=None) -> int:
     out = args.out / (args.dataset.name if args.dataset else "")
     try:
         check_output_dir(out, "--out")
+        if args.backend and args.map is None and args.backend not in front_end_spec(args.front_end).backends:
+            raise UsageError(f"--backend {args.backend}: the {args.front_end} front end runs on "
+                             f"{' | '.join(front_end_spec(args.front_end).backends)} only")
     except UsageError as e:
         print(f"reloc-demo: error: {e}", file=sys.stderr)
         return 2
@@ -271,7 +279,7 @@ def main(argv=None) -> int:
         if offline is not None:
             print(summary_table(offline, None))
         return 1
-    fe = f"{args.front_end}{' + refinement' if args.refine else ''}"
+    fe = f"{args.front_end}{' + refinement' if args.refine else ''}{f' on {args.backend}' if args.backend else ''}"
     print()
     n = (replay or offline or {}).get("n_queries", 0)
     print(f"reloc_ros demo — {fe} on {dataset} ({n} query frames), total {time.perf_counter() - t0:.0f} s")

@@ -18,7 +18,7 @@ import numpy as np
 
 from .device import check_device
 from .frontends.base import LocalizationResult, RefinementInfo, estimate_options
-from .frontends.registry import front_end_names, front_end_spec
+from .frontends.registry import BACKENDS, front_end_names, front_end_spec
 from .geometry.camera import Camera
 from .images import InputImageError, check_rgb_image
 from .map_file import MapFileError, load_map, read_tensor, reference_path
@@ -41,6 +41,21 @@ def _view_centres(map_path, reference=None) -> np.ndarray | None:
     except MapFileError:
         return None
     return np.asarray(poses[:, :3, 3], dtype=np.float64)
+
+
+def backend_options(spec, backend: str | None, front_end_options: dict) -> dict:
+    """The front-end options that select ``backend`` for the front end ``spec`` ({} for None, or "torch" on a front
+    end with torch only). A ValueError when the front end lacks it or ``front_end_options`` asks for another."""
+    if backend is None:
+        return {}
+    if backend not in spec.backends:
+        raise ValueError(f"backend {backend!r}: the {spec.name} front end runs on {' | '.join(spec.backends)} only")
+    if len(spec.backends) == 1:
+        return {}
+    asked = front_end_options.get("network_backend", backend)
+    if asked != backend:
+        raise ValueError(f"backend {backend!r} contradicts the front-end option network_backend {asked!r}")
+    return {"network_backend": backend}
 
 
 def calibrated_options(metadata: dict, front_end_cls) -> dict:
@@ -136,9 +151,14 @@ class Localizer:
     @classmethod
     def from_map(cls, map_path: str | Path, device: str = "cpu", refine: bool = False,
                  reference: str | Path | None = None, front_end_options: dict | None = None,
-                 refiner_options: dict | None = None, **localizer_options) -> "Localizer":
-        """Load a map file (and its reference model when ``refine``). Raises ``MapFileError`` with the reason."""
+                 refiner_options: dict | None = None, backend: str | None = None,
+                 **localizer_options) -> "Localizer":
+        """Load a map file (and its reference model when ``refine``). Raises ``MapFileError`` with the reason.
+        ``backend``: "torch" | "onnxruntime" (the map's networks as ONNX graphs, ``reloc-export``; the front-end
+        option ``network_backend``), None = the front end's default; one the front end lacks is a ValueError."""
         device = check_device(device)
+        if backend is not None and backend not in BACKENDS:   # before reading the map
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         tensors, meta = load_map(map_path, device="cpu", kind="map")
         if meta["front_end"] not in front_end_names():
             raise MapFileError(f"{map_path}: the map is for front end {meta['front_end']!r}, which this reloc_ros "
@@ -146,7 +166,8 @@ class Localizer:
         spec = front_end_spec(meta["front_end"])
         cls_ = spec.load_class()
         # the options the map's calibration was fitted with are its defaults; the caller's win
-        front_end_options = {**calibrated_options(meta, cls_), **(front_end_options or {})}
+        front_end_options = {**calibrated_options(meta, cls_), **(front_end_options or {}),
+                             **backend_options(spec, backend, front_end_options or {})}
         try:  # from_map validates the metadata against its METADATA_SCHEMA before building anything
             front_end = cls_.from_map(tensors, meta, device=device, **front_end_options)
         except MapFileError as e:

@@ -16,6 +16,7 @@ import torch
 
 __all__ = ["PROVIDERS", "check_providers", "make_session", "ExportedGraphs"]
 
+INT8_EXPORT = "reloc-export --map MAP --out DIR --precisions fp32,int8 --int8-images DATASET"
 # short names a parameter takes -> onnxruntime execution providers
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -62,6 +63,9 @@ class ExportedGraphs:
         from .export import PRECISIONS, tensors_digest
         if precision not in PRECISIONS:
             raise ValueError(f"onnx_precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if precision == "int8" and folder is None:
+            raise ValueError(f"onnx_precision 'int8' needs onnx_dir: a folder made by {INT8_EXPORT} (int8 is "
+                             "calibrated on frames of the scene, which a map does not hold)")
         self.providers = check_providers(list(providers))
         self.precision, self.threads = precision, int(threads or torch.get_num_threads())
         digest = tensors_digest(tensors)
@@ -77,7 +81,8 @@ class ExportedGraphs:
 
         from .export import export_graphs
         from .xfeat_onnx import onnx_cache_dir
-        tag = hashlib.sha256(repr((digest, size, torch.__version__, ort.__version__)).encode()).hexdigest()[:16]
+        from .export import FORMAT
+        tag = hashlib.sha256(repr((digest, size, torch.__version__, ort.__version__, FORMAT)).encode()).hexdigest()[:16]
         folder = onnx_cache_dir() / f"map_{metadata['front_end']}_{tag}"
         if not (folder / "manifest.json").is_file():
             export_graphs(tensors, metadata, folder, size, progress=False, source=f"map {digest[:12]}")
@@ -96,8 +101,13 @@ class ExportedGraphs:
                 raise ValueError(f"onnx_dir {self.folder}: graph {name} takes {shape[2]}x{shape[3]} images, the "
                                  f"query is {size[0]}x{size[1]} (reloc-export --image-size {size[0]}x{size[1]})")
             if self.precision not in g:
-                raise ValueError(f"onnx_dir {self.folder} has no {self.precision} {name} graph")
+                how = f" ({INT8_EXPORT})" if self.precision == "int8" else ""
+                raise ValueError(f"onnx_dir {self.folder} has no {self.precision} {name} graph{how}")
         return manifest
+
+    def outputs(self, graph: str) -> list[str]:
+        """The output names of ``graph``, in order."""
+        return list(self.manifest["graphs"][graph]["outputs"])
 
     def session(self, graph: str):
         if graph not in self._sessions:

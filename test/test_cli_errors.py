@@ -74,6 +74,12 @@ def test_numeric_flags_are_range_checked(module, args, needles, demo_scene_root,
     assert not list(tmp_path.iterdir())
 
 
+def test_a_backend_the_front_end_lacks_is_refused_first(tmp_path):
+    assert_refused(run_tool("reloc_ros.demo", "--out", tmp_path / "demo", "--front-end", "sift", "--backend",
+                            "onnxruntime"), "--backend onnxruntime", "the sift front end runs on torch only")
+    assert not list(tmp_path.iterdir())
+
+
 def test_output_folders_are_checked(demo_scene_root, tmp_path):
     (tmp_path / "bag").mkdir()
     assert_refused(run_tool("reloc_ros.datasets.bag_writer", "--dataset", demo_scene_root, "--out", tmp_path / "bag"),

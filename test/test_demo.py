@@ -44,3 +44,11 @@ def test_demo_steps_on_a_given_map(demo_map_ace, demo_scene_root, tmp_path, caps
     # a second run reuses the bag (cached step) and says so
     assert demo.main(argv + ["--skip-offline"]) == 0
     assert "3/5 bag: reusing" in capsys.readouterr().out
+    # --backend onnxruntime: the map's networks exported (user cache) and run by onnxruntime, the same accuracy
+    assert demo.main(argv + ["--backend", "onnxruntime"]) == 0
+    assert "ace + refinement" not in (out := capsys.readouterr().out) and "ace on onnxruntime" in out
+    by_ort = json.loads((res_dir / "results" / "offline.json").read_text())
+    assert by_ort["backends"] == {"ace_encoder": "onnxruntime", "ace_head": "onnxruntime"}
+    assert offline["backends"] != by_ort["backends"]
+    assert abs(by_ort["median_translation_m"] - offline["median_translation_m"]) < 2e-3
+    assert by_ort["recall_5cm_5deg"] == offline["recall_5cm_5deg"]

@@ -15,9 +15,12 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(demo_map_ace, tmp_path_factory):
+def exported(demo_map_ace, demo_scene_root, tmp_path_factory):
+    """fp32, fp16 and int8 (calibrated on 32 frames of the demo scene's mapping frames)."""
+    from reloc_ros.export import calibration_images
     out = tmp_path_factory.mktemp("export")
-    return out, export_map(demo_map_ace[0], out, progress=False)
+    return out, export_map(demo_map_ace[0], out, precisions=("fp32", "fp16", "int8"), progress=False,
+                           int8_images=calibration_images(demo_scene_root, 32))
 
 
 def _session(path):
@@ -30,11 +33,11 @@ def test_the_manifest_describes_and_hashes_every_graph(exported, demo_map_ace):
     assert manifest["front_end"] == "ace" and manifest["opset"] == 18
     assert set(manifest["graphs"]) == {"ace_encoder", "ace_head"}
     for name, g in manifest["graphs"].items():
-        for precision in ("fp32", "fp16"):
+        for precision, tol in (("fp32", 1e-4), ("fp16", 2e-2), ("int8", 0.5)):
             f = out / g[precision]["file"]
             assert hashlib.sha256(f.read_bytes()).hexdigest() == g[precision]["sha256"]
             worst = max(v["max_rel"] for v in g[precision]["parity_vs_torch_fp32"].values())
-            assert worst < (1e-4 if precision == "fp32" else 2e-2), (name, precision, worst)
+            assert worst < tol, (name, precision, worst)
     assert manifest["graphs"]["ace_encoder"]["inputs"]["gray"]["shape"] == [1, 1, 240, 320]   # the map's height, 4:3
     assert manifest["map_sha256"] == hashlib.sha256(demo_map_ace[0].read_bytes()).hexdigest()
 
@@ -42,7 +45,7 @@ def test_the_manifest_describes_and_hashes_every_graph(exported, demo_map_ace):
 def test_exported_graphs_give_the_front_ends_scene_coordinates_on_a_real_frame(exported, demo_map_ace,
                                                                                 demo_scene_root):
     """A demo frame through the ACE front end (torch, fp32, every cell) and through the two graphs: the same
-    scene coordinates (fp32 to 0.1 mm, fp16 to 1 cm on this ~2 m scene)."""
+    scene coordinates (fp32 to 0.1 mm, fp16 to 1 cm; int8 a 2 cm median, its tail longer, on this ~2 m scene)."""
     from reloc_ros.datasets import open_dataset
     from reloc_ros.frontends.ace.encoders import rgb_to_gray_tensor
     from reloc_ros.localizer import Localizer
@@ -54,12 +57,12 @@ def test_exported_graphs_give_the_front_ends_scene_coordinates_on_a_real_frame(e
     image = frame.image[::2, ::2].copy()                     # the map's 240 rows: no resize in the front end
     _, X_torch, _, _ = loc.front_end.predict(image, frame.camera.scaled(0.5))
     gray = rgb_to_gray_tensor(image, "cpu").numpy()
-    for precision, tol in (("fp32", 1e-4), ("fp16", 1e-2)):
-        feats, _score = _session(out / f"ace_encoder.{precision}.onnx").run(None, {"gray": gray})
+    for precision, tol_median, tol_p99 in (("fp32", 5e-5, 1e-4), ("fp16", 5e-3, 1e-2), ("int8", 3e-2, 0.3)):
+        feats = _session(out / f"ace_encoder.{precision}.onnx").run(None, {"gray": gray})[0]
         f = feats[0].reshape(feats.shape[1], -1).T
         (X,) = _session(out / f"ace_head.{precision}.onnx").run(None, {"features": np.ascontiguousarray(f)})
         d = np.linalg.norm(X - X_torch, axis=1)
-        assert np.median(d) < tol / 2 and np.quantile(d, 0.99) < tol, (precision, np.median(d), d.max())
+        assert np.median(d) < tol_median and np.quantile(d, 0.99) < tol_p99, (precision, np.median(d), d.max())
 
 
 def test_bad_input_is_refused_before_anything_is_written(demo_map_ace, tmp_path):
@@ -71,6 +74,12 @@ def test_bad_input_is_refused_before_anything_is_written(demo_map_ace, tmp_path)
     assert p.returncode == 2 and "differs from the map's image height 240" in p.stderr and not (tmp_path / "a").exists()
     p = run("--map", demo_map_ace[0], "--out", tmp_path / "b", "--precisions", "fp16")
     assert p.returncode == 2 and "must include 'fp32'" in p.stderr
+    p = run("--map", demo_map_ace[0], "--out", tmp_path / "b", "--precisions", "fp32,int8")
+    assert p.returncode == 2 and "int8 precision needs frames of the mapped scene" in p.stderr
+    p = run("--map", demo_map_ace[0], "--out", tmp_path / "b", "--precisions", "fp32,int8", "--int8-images",
+            tmp_path / "nope")
+    assert p.returncode == 2 and "--int8-images" in p.stderr and "no such" in p.stderr
+    assert not (tmp_path / "b").exists()
     p = run("--map", tmp_path / "missing.map.safetensors", "--out", tmp_path / "c")
     assert p.returncode == 2 and "--map" in p.stderr and "no such file" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "file").write_text("x")
@@ -117,8 +126,9 @@ def test_the_localizer_runs_the_exported_graphs(exported, demo_map_ace, demo_sce
     torch32 = Localizer.from_map(path, front_end_options={"encoder_precision": "fp32", "head_precision": "fp32",
                                                           "encoder_backend": "torch"})
     small = lambda f: (f.image[::2, ::2].copy(), f.camera.scaled(0.5))  # noqa: E731  (the export's 240x320)
-    for options in ({"network_backend": "onnxruntime", "onnx_dir": str(out)}, {"network_backend": "onnxruntime"}):
-        loc = Localizer.from_map(path, front_end_options=options)
+    for kwargs in ({"front_end_options": {"network_backend": "onnxruntime", "onnx_dir": str(out)}},
+                   {"backend": "onnxruntime"}):   # the second: exported into the user cache
+        loc = Localizer.from_map(path, **kwargs)
         assert loc.backends == {"ace_encoder": "onnxruntime", "ace_head": "onnxruntime"}
         assert loc.precision == {"ace_encoder": "fp32", "ace_head": "fp32"} and loc.uncertainty_warning is None
         for f in frames:
@@ -127,6 +137,16 @@ def test_the_localizer_runs_the_exported_graphs(exported, demo_map_ace, demo_sce
             ta, ra = pose_error(a.T_world_cam, f.T_world_cam)
             tb, rb = pose_error(b.T_world_cam, f.T_world_cam)
             assert abs(ta - tb) < 2e-3 and abs(ra - rb) < 0.1, (ta, tb, ra, rb)
+    # int8 (calibrated at export on demo mapping frames): lossy, the poses within 10 cm of torch's (3-6 cm here;
+    # the refinement takes them back to the fp32 figures: benchmarks/RESULTS_export.md)
+    loc8 = Localizer.from_map(path, backend="onnxruntime", front_end_options={"onnx_dir": str(out),
+                                                                             "onnx_precision": "int8"})
+    assert loc8.precision == {"ace_encoder": "int8", "ace_head": "int8"}
+    for f in frames:
+        a, b = torch32.localize(*small(f)), loc8.localize(*small(f))
+        assert b.success and np.linalg.norm(b.T_world_cam[:3, 3] - a.T_world_cam[:3, 3]) < 0.1
+    with pytest.raises(ValueError, match="onnx_precision 'int8' needs onnx_dir: a folder made by reloc-export"):
+        Localizer.from_map(path, backend="onnxruntime", front_end_options={"onnx_precision": "int8"})
     import cv2
     wide = cv2.resize(frames[0].image, (720, 480))            # 3:2: the ACE front end makes it 240x360
     with pytest.raises(ValueError, match="takes 240x320 images, the query is 240x360"):
@@ -146,6 +166,10 @@ def test_the_localizer_runs_the_exported_graphs(exported, demo_map_ace, demo_sce
     if missing:
         with pytest.raises(ValueError, match=r"not available in this onnxruntime .*install onnxruntime-gpu"):
             Localizer.from_map(path, front_end_options={"network_backend": "onnxruntime", "onnx_providers": missing})
+    with pytest.raises(ValueError, match="backend 'onnxruntime' contradicts the front-end option network_backend"):
+        Localizer.from_map(path, backend="onnxruntime", front_end_options={"network_backend": "torch"})
+    with pytest.raises(ValueError, match=r"backend must be one of \('torch', 'onnxruntime'\), got 'tensorrt'"):
+        Localizer.from_map(tmp_path / "not_read.map.safetensors", backend="tensorrt")   # before reading the map
     with pytest.raises(ValueError, match="unknown onnx_providers"):
         Localizer.from_map(path, front_end_options={"network_backend": "onnxruntime", "onnx_providers": ["npu"]})
 
@@ -166,3 +190,17 @@ def test_the_implicit_front_end_runs_its_exported_graph(tmp_path):
     assert fe.backends == {"implicit_network": "onnxruntime"} and a.success and b.success
     np.testing.assert_allclose(b.T_world_cam, a.T_world_cam, atol=1e-4)
     np.testing.assert_allclose(b.covariance, a.covariance, rtol=1e-2, atol=1e-12)
+
+
+def test_backend_options_follow_the_registry():
+    """``backend`` maps onto the front-end option ``network_backend`` where the front end has one; a front end with
+    torch only (the SIFT peer) takes "torch" as a no-op and refuses "onnxruntime" in one line."""
+    from reloc_ros.frontends.registry import front_end_spec
+    from reloc_ros.localizer import backend_options
+    ace, sift = front_end_spec("ace"), front_end_spec("sift")
+    assert ace.backends == ("torch", "onnxruntime") == front_end_spec("implicit").backends
+    assert backend_options(ace, None, {}) == {} and backend_options(sift, "torch", {}) == {}
+    assert backend_options(ace, "torch", {}) == {"network_backend": "torch"}
+    assert backend_options(ace, "onnxruntime", {"onnx_dir": "x"}) == {"network_backend": "onnxruntime"}
+    with pytest.raises(ValueError, match="backend 'onnxruntime': the sift front end runs on torch only"):
+        backend_options(sift, "onnxruntime", {})

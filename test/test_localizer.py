@@ -134,6 +134,12 @@ def test_ace_and_refiner_share_one_xfeat_pass(demo_map_ace, demo_scene_root, tmp
         "encoder_precision": "fp32", "encoder_backend": "onnxruntime"}).front_end.localize(small, cam).dense_features
     for lv in loc.refiner.levels:
         torch.testing.assert_close(by_ort[lv], own[lv], atol=1e-4 * float(own[lv].abs().max()), rtol=0)
+    # and so does the map's exported encoder graph (backend onnxruntime, reloc-export's level_* outputs)
+    exported = Localizer.from_map(path, refine=True, reference=ref, backend="onnxruntime")
+    assert exported.shares_features
+    by_graph = exported.front_end.localize(small, cam).dense_features
+    for lv in loc.refiner.levels:
+        torch.testing.assert_close(by_graph[lv], own[lv], atol=1e-4 * float(own[lv].abs().max()), rtol=0)
     # the default encoder (bf16 where auto picks it): the same levels to bf16 precision (float32 tensors)
     shared = Localizer.from_map(path, refine=True, reference=ref).front_end.localize(small, cam).dense_features
     for lv in loc.refiner.levels:

@@ -1,13 +1,14 @@
 """``reloc-eval``: localize every query image of a dataset with a map, offline (no ROS), and report accuracy/latency.
 
     reloc-eval --map MAP --dataset PATH [--frames LIST] [--intrinsics FILE] [--refine] [--device D] [--limit N]
-               --json OUT [--plots DIR] [--tum DIR]
+               [--backend torch|onnxruntime] --json OUT [--plots DIR] [--tum DIR]
 
 ``--frames`` defaults to ``query.txt`` in the dataset folder when it exists (all frames otherwise).
 JSON keys (the stable contract): n_queries, n_failed, median_translation_m, median_rotation_deg, recall_2cm_2deg,
 recall_5cm_5deg, recall_10cm_5deg, latency_ms_median, latency_ms_p95 (Localizer.localize wall time, image already
 decoded), latency_stage_ms_median (per stage), map_bytes (map + reference model), front_end, refine, device,
-precision (stage -> fp32/bf16/fp16, as resolved on this machine; precision_choices: why), map_training (iterations
+precision (stage -> fp32/bf16/fp16, as resolved on this machine; precision_choices: why), backends (stage ->
+the library that runs it where not torch, e.g. onnxruntime), map_training (iterations
 done / planned / scheduled, training precision; map_training_warning when under half the schedule),
 nees_inside_95 / nees_position_inside_95 / nees_rotation_inside_95, nees_mean / nees_position_mean /
 nees_rotation_mean, nees_inside_95_block_min (worst 100-query block), nees_values (covariance consistency of the
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from ..cli_args import HelpFormatter, check_eval_paths, number
 from ..conf import merge_conf
+from ..frontends.registry import BACKENDS
 from ..gating import DEFAULT_THRESHOLDS, GateThresholds, gate_result, is_false_accept
 from ..metrics import pose_error, summarize_errors
 from ..uncertainty import expected_calibration_error, is_correct
@@ -53,7 +55,7 @@ def _open(dataset, frames, intrinsics):
 def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frames=None, intrinsics=None,
              limit: int | None = None, localizer=None, plots_dir=None, tum_dir=None, progress: bool = True,
              front_end_options: dict | None = None, refiner_options: dict | None = None, reference=None,
-             gate: GateThresholds = DEFAULT_THRESHOLDS) -> dict:
+             gate: GateThresholds = DEFAULT_THRESHOLDS, backend: str | None = None) -> dict:
     """Localize the queries of ``dataset`` (a path or a ``Dataset``) with the map at ``map_path``.
 
     Returns the reloc-eval dict (see the module docstring). A selection in which some frames lack a ground-truth
@@ -62,6 +64,7 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     sequence (not the first N, which would all be neighbours). ``localizer`` reuses an already loaded
     ``Localizer`` (map loading is not timed). ``reference``: a reference model file to refine against instead of
     the one next to the map. ``gate``: the accept/reject thresholds (``gating.gate_result``; default: the node's).
+    ``backend``: "torch" | "onnxruntime" for the front end's networks (``Localizer.from_map``).
     """
     from ..localizer import Localizer
 
@@ -75,7 +78,7 @@ def evaluate(map_path, dataset, refine: bool = False, device: str = "cpu", frame
     t_load = time.perf_counter()
     if localizer is None:
         localizer = Localizer.from_map(map_path, device=device, refine=refine, front_end_options=front_end_options,
-                                       refiner_options=refiner_options, reference=reference)
+                                       refiner_options=refiner_options, reference=reference, backend=backend)
     load_s = time.perf_counter() - t_load
     _announce(localizer, progress)
     runs = [_run_query(localizer, ds[int(i)], k, gate, out_of_map)
@@ -264,6 +267,10 @@ def main(argv=None) -> int:
     p.add_argument("--tum", type=Path, help="folder for TUM trajectory files (groundtruth.tum, estimate.tum)")
     p.add_argument("--front-end-options", type=_json_object, default={}, metavar="JSON",
                    help="front-end options, e.g. '{\"cell_stride\": 1}' (ACE: frontends/ace/frontend.py DEFAULT_OPTIONS)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="run the front end's networks on torch or onnxruntime (the map's ONNX graphs, exported into "
+                        "the user cache unless --front-end-options gives an onnx_dir; ace and implicit); default: "
+                        "the front end's default (torch)")
     p.add_argument("--refiner-options", type=_json_object, default={}, metavar="JSON",
                    help="refiner options, e.g. '{\"max_points\": 1024}' (refinement/refiner.py DEFAULT_REFINER_CONF)")
     p.add_argument("--gate", type=_json_object, default={}, metavar="JSON",
@@ -275,7 +282,7 @@ def main(argv=None) -> int:
         res = evaluate(args.map, args.dataset, refine=args.refine, device=args.device, frames=args.frames,
                        intrinsics=args.intrinsics, limit=args.limit, plots_dir=args.plots, tum_dir=args.tum,
                        reference=args.reference, front_end_options=args.front_end_options,
-                       refiner_options=args.refiner_options, gate=_gate(args.gate))
+                       refiner_options=args.refiner_options, gate=_gate(args.gate), backend=args.backend)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"reloc-eval: error: {e}", file=sys.stderr)
         return 2

@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-__all__ = ["FrontEndSpec", "register_front_end", "front_end_spec", "front_end_names", "BUILTIN_PACKAGES"]
+__all__ = ["BACKENDS", "FrontEndSpec", "register_front_end", "front_end_spec", "front_end_names", "BUILTIN_PACKAGES"]
 
 BUILTIN_PACKAGES = ("reloc_ros.frontends.implicit", "reloc_ros.frontends.ace", "reloc_ros.frontends.sift")
 ENTRY_POINT_GROUP = "reloc_ros.front_ends"
+BACKENDS = ("torch", "onnxruntime")   # the libraries a front end's networks can run on (FrontEndSpec.backends)
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class FrontEndSpec:
     metadata, device, **options)``, ``localize(image, camera)`` and ``METADATA_SCHEMA``; trainer: module with
     ``DEFAULT_CONF`` and ``train(conf, dataset, out_path)``; support: the support measure the gate checks
     (``"inliers"``: ``min_inliers`` / ``min_inlier_ratio``; ``"weight_mass"``: ``min_weight_mass``; None);
-    refiner_defaults: refiner options applied under the caller's; summary: one line for --help."""
+    refiner_defaults: refiner options applied under the caller's; summary: one line for --help; backends: the
+    libraries that can run its networks (``Localizer.from_map(backend=...)``; other than "torch" through the front-end
+    option ``network_backend``)."""
 
     name: str
     front_end: str
@@ -31,6 +34,7 @@ class FrontEndSpec:
     summary: str = ""
     support: str | None = None
     refiner_defaults: dict = field(default_factory=dict)
+    backends: tuple = ("torch",)
 
     def load_class(self):
         module, cls = self.front_end.split(":")
@@ -48,6 +52,8 @@ def register_front_end(spec: FrontEndSpec) -> FrontEndSpec:
     """Add ``spec``; a ValueError when another spec has its name."""
     if spec.support not in (None, "inliers", "weight_mass"):
         raise ValueError(f"front end {spec.name!r}: support must be None, 'inliers' or 'weight_mass'")
+    if "torch" not in spec.backends or not set(spec.backends) <= set(BACKENDS):
+        raise ValueError(f"front end {spec.name!r}: backends must include 'torch' and be among {BACKENDS}")
     old = _REGISTRY.get(spec.name)
     if old is not None and old != spec:
         raise ValueError(f"a front end named {spec.name!r} is already registered ({old.front_end})")

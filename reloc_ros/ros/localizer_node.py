@@ -208,6 +208,7 @@ class LocalizerNode(LifecycleNode):
         options = {name: parse_json_object(str(self.p(name)), name)
                    for name in ("front_end_options", "refiner_options")}
         loc = Localizer.from_map(path, device=str(self.p("device")), refine=bool(self.p("refine")), **options,
+                                 backend=str(self.p("backend")) or None,
                                  position_sigma_floor_m=float(self.p("position_sigma_floor")),
                                  rotation_sigma_floor_deg=float(self.p("rotation_sigma_floor_deg")))
         want = str(self.p("front_end"))

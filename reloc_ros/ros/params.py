@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..cli_args import parse_json_object
-from ..frontends.registry import front_end_names
+from ..frontends.registry import BACKENDS, front_end_names
 
 __all__ = ["Param", "ParamError", "LOCALIZER_PARAMS", "MAPPER_PARAMS", "check_values", "unknown_name_error",
            "cli_param_values", "dropped_cli_values", "read_params_file", "extrinsic_values", "wants_help", "node_help"]
@@ -222,6 +222,10 @@ LOCALIZER_PARAMS = [
     Param("device", "cpu", "Torch device for the front end and the refiner ('cpu', 'cuda', 'cuda:0', ...).",
           check="device"),
     Param("refine", False, "Run the featuremetric refinement (needs the map's .ref.safetensors reference model)."),
+    Param("backend", "", "Library that runs the front end's networks: 'torch', or 'onnxruntime' (the map's ONNX "
+          "graphs from reloc-export: front_end_options' onnx_dir, else exported once into the user cache; "
+          "onnx_providers picks CPU / CUDA / TensorRT; ace and implicit maps); empty = the front end's default.",
+          choices=("",) + BACKENDS),
     Param("front_end_options", "{}", "JSON object of front-end options passed to Localizer.from_map (e.g. "
           "'{\"threshold_px\": 2.0}' for ACE).", check="json_object"),
     Param("refiner_options", "{}", "JSON object of featuremetric refiner options (DEFAULT_REFINER_CONF keys in "

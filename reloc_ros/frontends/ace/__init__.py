@@ -13,7 +13,8 @@ __all__ = ["AceFrontEnd", "DEFAULT_CONF", "SPEC"]
 
 SPEC = FrontEndSpec("ace", "reloc_ros.frontends.ace.frontend:AceFrontEnd", "reloc_ros.frontends.ace.train",
                     summary="scene coordinates from a frozen XFeat encoder + per-scene MLP head, PnP/RANSAC",
-                    support="inliers")
+                    support="inliers",
+                    backends=("torch", "onnxruntime"))
 
 
 def __getattr__(name):  # lazy, so that importing the package stays cheap

@@ -48,7 +48,7 @@ DEFAULT_OPTIONS = {
     "network_backend": "torch",  # "torch" | "onnxruntime": encoder and head from the map's exported ONNX graphs
                                # (reloc-export; reloc_ros/onnx_backend.py), e.g. for CUDA / TensorRT on a Jetson
     "onnx_dir": None,          # a reloc-export folder of this map; None: exported once into the user cache
-    "onnx_precision": "fp32",  # "fp32" | "fp16" graphs (fp16: for GPUs; slower than fp32 on a CPU)
+    "onnx_precision": "fp32",  # "fp32" | "fp16" (for GPUs) | "int8" (for CPUs; an onnx_dir exported with int8)
     "onnx_providers": ["cpu"], # onnxruntime execution providers in order of preference: "cpu", "cuda", "tensorrt"
 }
 
@@ -95,6 +95,7 @@ class AceFrontEnd:
         self.image_height = int(image_height)
         self.graphs: dict = {}             # (H, W) -> onnx_backend.ExportedGraphs (network_backend "onnxruntime")
         self._graph_source = None          # (tensors, metadata) the graphs are exported from
+        self._graph_levels: tuple = ()     # XFeat levels the exported encoder hands to the refinement
         if self.options["network_backend"] not in ("torch", "onnxruntime"):
             raise ValueError(f"network_backend must be 'torch' or 'onnxruntime', got {self.options['network_backend']!r}")
         if self.options["network_backend"] == "onnxruntime":
@@ -151,9 +152,16 @@ class AceFrontEnd:
         """Also compute the XFeat ``levels`` (grayscale ``gray``) in the encoder pass, for the refinement to reuse
         (``LocalizationResult.dense_features``). Possible with the XFeat encoder and BT.601 grayscale only; the
         levels are only handed out for images the front end neither resizes nor crops (sides multiples of 8), where
-        they equal the refiner's own pass. Returns whether sharing is set up."""
-        if not hasattr(self.encoder, "share_levels") or gray != "bt601" or self._graph_source is not None:
+        they equal the refiner's own pass. With ``network_backend`` "onnxruntime", from the exported encoder graph's
+        ``level_*`` outputs (reloc-export since format 2). Returns whether sharing is set up."""
+        if not hasattr(self.encoder, "share_levels") or gray != "bt601":
             return False
+        if self._graph_source is not None:
+            outputs = next(iter(self.graphs.values())).outputs("ace_encoder")
+            if not all(lv == "fused" or f"level_{lv}" in outputs for lv in levels):
+                return False
+            self._graph_levels = tuple(levels)
+            return True
         self.encoder.share_levels(levels)
         return True
 
@@ -216,13 +224,17 @@ class AceFrontEnd:
         t1 = time.perf_counter()
         graphs = self._exported(tuple(gray.shape[2:])) if self._graph_source is not None else None
         if graphs is not None:
-            outs = [torch.from_numpy(a).to(self.device) for a in graphs.run("ace_encoder", gray=gray.cpu().numpy())]
-            f, score = outs[0], (outs[1] if len(outs) > 1 else None)
+            outs = dict(zip(graphs.outputs("ace_encoder"), graphs.run("ace_encoder", gray=gray.cpu().numpy())))
+            f, score = torch.from_numpy(outs["features"]).to(self.device), outs.get("score")
+            score = None if score is None else torch.from_numpy(score).to(self.device)
+            levels = {lv: f if lv == "fused" else torch.from_numpy(outs[f"level_{lv}"]).to(self.device)
+                      for lv in self._graph_levels}
         else:
             with autocast_context(self.device, self.precision["ace_encoder"].precision):
                 f, score = self.encoder(gray)
+            levels = getattr(self.encoder, "last_levels", {})
         if shared is not None and abs(s - 1) <= 1e-9 and image.shape[0] % 8 == 0 and image.shape[1] % 8 == 0:
-            shared.update({lv: v.float() for lv, v in getattr(self.encoder, "last_levels", {}).items()})
+            shared.update({lv: v.float() for lv, v in levels.items()})
         C, h, w = f.shape[1:]
         f = f[0].reshape(C, -1).T.float()
         self._sync()

@@ -12,4 +12,5 @@ from ..registry import FrontEndSpec
 SPEC = FrontEndSpec("implicit", "reloc_ros.frontends.implicit.frontend:ImplicitFrontEnd",
                     "reloc_ros.frontends.implicit.train",
                     summary="implicit scene geometry: MobileNetV3 depth + weights, weighted Kabsch (poses only)",
-                    support="weight_mass", refiner_defaults={"match_init": "compete", "match_max_points": 512})
+                    support="weight_mass", refiner_defaults={"match_init": "compete", "match_max_points": 512},
+                    backends=("torch", "onnxruntime"))
