@@ -19,8 +19,9 @@ float32: ``onnxruntime.transformers.float16``) and, with ``int8``, quantised by 
 image graphs statically (QDQ, int8 weights per channel and int8 activations whose ranges are calibrated on
 ``--int8-images``, frames of the mapped scene: onnxruntime's recommended S8S8), the ACE head dynamically (int8
 weights per channel with a 7-bit range, which keeps AVX2's u8 x s8 products from saturating; activation ranges
-per call). int8 moves ACE scene coordinates by ~2.5 cm median on redkitchen (benchmarks/RESULTS_export.md). Every graph is run once through onnxruntime against torch at export;
-``manifest.json`` records inputs, outputs, normalisation, versions, sha256 of every file and that parity.
+per call). int8 moves ACE scene coordinates by ~3 cm median on redkitchen (benchmarks/RESULTS_export.md).
+Every graph is run once through onnxruntime against torch at export; ``manifest.json`` records inputs, outputs,
+normalisation, versions, sha256 of every file and that parity.
 Opset 18 (HardSwish needs ≥ 14, GridSample ≥ 16, and TensorRT mis-computes GridSample at opset 20).
 """
 from __future__ import annotations
@@ -157,7 +158,9 @@ def _ace_graphs(tensors: dict, meta: dict, size: tuple[int, int] | None) -> list
         h, w = size
     if h % 8 or w % 8:
         raise ValueError(f"--image-size {h}x{w}: both sides must be multiples of 8 (the encoder's cells)")
-    enc_out = ["features"] + (["score"] + [f"level_{lv}" for lv in SHARED_LEVELS] if fe.encoder.spec == "xfeat" else [])
+    enc_out = ["features"]
+    if fe.encoder.spec == "xfeat":
+        enc_out += ["score"] + [f"level_{lv}" for lv in SHARED_LEVELS]
     cells = (h // 8) * (w // 8)
     feats = torch.randn(cells, fe.head.in_dim, generator=torch.Generator().manual_seed(1))
     feats = feats * fe.feature_std.cpu() + fe.feature_mean.cpu()
