@@ -30,3 +30,17 @@ PY
 .venv/bin/reloc-eval --map "$W/ace_dslam_b10.map.safetensors" --dataset $D --json $OUT/holdout_block10_ace_dslam_eval.json
 .venv/bin/reloc-eval --map "$W/ace_dslam_b10.map.safetensors" --dataset $D --refine \
     --json $OUT/holdout_block10_ace_dslam_eval_refine.json
+# the same on the SfM pose set (SFM: a folder of real files, e.g. /tmp/rk/sfm; the shared one has text-stub links)
+SFM=${SFM:-/tmp/rk/sfm}
+.venv/bin/python - "$SFM" <<'PY'
+import sys
+import cv2  # noqa: F401  (before pycolmap)
+from pathlib import Path
+from reloc_ros.mapping.build import MapJob, build_map
+build_map(MapJob(Path(sys.argv[1]), Path("/tmp/avx2_cap/ace_sfm_b10.map.safetensors"), "ace", minutes=10.0,
+                 reference_conf={"unregistered_depth": "identity"},
+                 calibration={"holdout_fraction": 0.1, "block_frames": 10}))
+PY
+.venv/bin/reloc-eval --map "$W/ace_sfm_b10.map.safetensors" --dataset "$SFM" --json $OUT/holdout_block10_ace_sfm_eval.json
+.venv/bin/reloc-eval --map "$W/ace_sfm_b10.map.safetensors" --dataset "$SFM" --refine \
+    --json $OUT/holdout_block10_ace_sfm_eval_refine.json
