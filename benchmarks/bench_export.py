@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reloc_ros.datasets import open_dataset  # noqa: E402
 from reloc_ros.export import calibration_images, export_map  # noqa: E402
-from reloc_ros.frontends.ace.encoders import rgb_to_gray_tensor  # noqa: E402
+from reloc_ros.frontends.ace.encoders import rgb_to_gray_tensor, strided_cells  # noqa: E402
 from reloc_ros.localizer import Localizer  # noqa: E402
 from reloc_ros.map_file import load_map  # noqa: E402
 from reloc_ros.metrics import pose_error  # noqa: E402
@@ -55,11 +55,6 @@ def _ort_predict(sess: dict, fe, image: np.ndarray, keep: np.ndarray) -> tuple[n
     (X,) = sess["ace_head"].run(None, {"features": np.ascontiguousarray(f)})
     t2 = time.perf_counter()
     return X.astype(np.float64), {"encoder": (t1 - t0) * 1e3, "head": (t2 - t1) * 1e3}
-
-
-def _keep(h: int, w: int, stride: int) -> np.ndarray:
-    i, j = np.divmod(np.arange(h * w), w)
-    return np.nonzero((i + j) % stride == 0)[0]
 
 
 def run(args) -> dict:
@@ -123,7 +118,7 @@ def run_ace(args, ds, idx, export_dir: Path) -> dict:
     manifest = export_map(args.map, export_dir, size=size, precisions=("fp32", "fp16", "int8"), progress=False,
                           int8_images=calibration_images(args.int8_images or args.dataset))
     fe_auto = Localizer.from_map(args.map, front_end_options={"encoder_backend": "torch"}).front_end
-    keep = _keep(size[0] // 8, size[1] // 8, int(fe32.options["cell_stride"]))
+    keep = strided_cells(size[0] // 8, size[1] // 8, int(fe32.options["cell_stride"]))
     results = {}
     for threads in args.threads:
         torch.set_num_threads(threads)

@@ -25,7 +25,7 @@ from ...images import rgb_batch
 from ...xfeat import XFeatPyramid, rgb_to_gray
 
 __all__ = ["DenseEncoder", "XFeatEncoder", "AceEncoderNet", "AceEncoder", "make_encoder", "parse_encoder_spec",
-           "rgb_to_gray_tensor", "cell_centers", "STRIDE", "EncoderError"]
+           "rgb_to_gray_tensor", "cell_centers", "strided_cells", "STRIDE", "EncoderError"]
 
 STRIDE = 8
 
@@ -48,6 +48,13 @@ def cell_centers(h: int, w: int) -> np.ndarray:
     """(h·w, 2) pixel centres (u, v) of the cells of an h×w feature map, row-major."""
     j, i = np.meshgrid(np.arange(w), np.arange(h))
     return np.stack([STRIDE * j.ravel() + (STRIDE - 1) / 2, STRIDE * i.ravel() + (STRIDE - 1) / 2], -1)
+
+
+def strided_cells(h: int, w: int, stride: int) -> np.ndarray:
+    """Row-major indices of the cells of an h×w feature map whose (row + column) % ``stride`` == 0 (the ACE option
+    ``cell_stride``: 2 keeps a checkerboard, 4 a quarter)."""
+    i, j = np.divmod(np.arange(h * w), w)
+    return np.nonzero((i + j) % stride == 0)[0]
 
 
 class DenseEncoder(nn.Module):

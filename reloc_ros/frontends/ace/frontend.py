@@ -14,7 +14,7 @@ from ...images import check_rgb_image
 from ...map_file import MapFileError, check_metadata
 from ...precision import PrecisionChoice, autocast_context, resolve_precision
 from ..base import LocalizationResult, load_weights
-from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor
+from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor, strided_cells
 from .head import SceneCoordinateHead
 
 __all__ = ["AceFrontEnd", "DEFAULT_OPTIONS"]
@@ -242,8 +242,7 @@ class AceFrontEnd:
         uv = cell_centers(h, w)
         stride = int(self.options["cell_stride"])
         if stride > 1:
-            i, j = np.divmod(np.arange(h * w), w)
-            keep_np = np.nonzero((i + j) % stride == 0)[0]
+            keep_np = strided_cells(h, w, stride)
             keep = torch.from_numpy(keep_np).to(f.device)
             f, uv = f[keep], uv[keep_np]
             if score is not None:
