@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-__all__ = ["BACKENDS", "FrontEndSpec", "register_front_end", "front_end_spec", "front_end_names", "BUILTIN_PACKAGES"]
+__all__ = ["BACKENDS", "check_backend", "FrontEndSpec", "register_front_end", "front_end_spec", "front_end_names", "BUILTIN_PACKAGES"]
 
 BUILTIN_PACKAGES = ("reloc_ros.frontends.implicit", "reloc_ros.frontends.ace", "reloc_ros.frontends.sift")
 ENTRY_POINT_GROUP = "reloc_ros.front_ends"
@@ -42,6 +42,13 @@ class FrontEndSpec:
 
     def load_trainer(self):
         return importlib.import_module(self.trainer)
+
+
+def check_backend(value: str, option: str = "network_backend") -> str:
+    """``value`` if it is one of ``BACKENDS``, else a ValueError naming ``option``."""
+    if value not in BACKENDS:
+        raise ValueError(f"{option} must be {' or '.join(repr(b) for b in BACKENDS)}, got {value!r}")
+    return value
 
 
 _REGISTRY: dict[str, FrontEndSpec] = {}

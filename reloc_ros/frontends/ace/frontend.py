@@ -14,6 +14,7 @@ from ...images import check_rgb_image
 from ...map_file import MapFileError, check_metadata
 from ...precision import PrecisionChoice, autocast_context, resolve_precision
 from ..base import LocalizationResult, load_weights
+from ..registry import check_backend
 from .encoders import cell_centers, make_encoder, rgb_to_gray_tensor, strided_cells
 from .head import SceneCoordinateHead
 
@@ -96,9 +97,7 @@ class AceFrontEnd:
         self.graphs: dict = {}             # (H, W) -> onnx_backend.ExportedGraphs (network_backend "onnxruntime")
         self._graph_source = None          # (tensors, metadata) the graphs are exported from
         self._graph_levels: tuple = ()     # XFeat levels the exported encoder hands to the refinement
-        if self.options["network_backend"] not in ("torch", "onnxruntime"):
-            raise ValueError(f"network_backend must be 'torch' or 'onnxruntime', got {self.options['network_backend']!r}")
-        if self.options["network_backend"] == "onnxruntime":
+        if check_backend(self.options["network_backend"]) == "onnxruntime":
             p = self.options["onnx_precision"]
             self.precision = {s: PrecisionChoice(s, p, p, "onnxruntime") for s in ("ace_encoder", "ace_head")}
             self.backends = {"ace_encoder": "onnxruntime", "ace_head": "onnxruntime"}

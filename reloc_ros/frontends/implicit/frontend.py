@@ -26,6 +26,7 @@ from ...uncertainty import sandwich_covariance
 from ...map_file import MapFileError, check_metadata, load_map
 from ...precision import PrecisionChoice, autocast_context, resolve_precision
 from ..base import LocalizationResult, load_weights
+from ..registry import check_backend
 from .model import ImplicitPoseNet, camera_rays, normalize_images
 from .train import IMPLICIT_MAP_VERSION
 
@@ -124,9 +125,7 @@ class ImplicitFrontEnd:
         self.min_weight_mass = float(min_weight_mass)
         self._rays: dict = {}
         self.graphs = None
-        if network_backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"network_backend must be 'torch' or 'onnxruntime', got {network_backend!r}")
-        if network_backend == "onnxruntime":
+        if check_backend(network_backend) == "onnxruntime":
             if graph_source is None:
                 raise ValueError("network_backend 'onnxruntime' needs the map's tensors: build with from_map")
             from ...onnx_backend import ExportedGraphs
